@@ -1,0 +1,321 @@
+"""The one training loop every task uses: AMP, accumulation with DDP no_sync, clipping, evaluation, checkpoints.
+
+A task gives the :class:`Trainer` a model, a function that returns the training batches of an epoch, an optional
+evaluation function and, when its step is unusual (pre-training alternates two kinds of batches), a ``train_step``.
+A ``train_step(ctx, batch)`` runs forwards inside ``ctx.micro_step()`` and hands the losses to ``ctx.backward``; the
+context does the scaling, accumulation, clipping and optimiser step. The scheduler advances once per loop iteration
+in which at least one optimiser step happened (the original stepped it once per pre-training iteration of two updates).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils import checkpoint as ckpt
+from utils.dist import DistEnv, barrier
+from utils.logging import RunningMeans, append_jsonl
+from utils.optim import build_optimizer, build_scheduler, unwrap_model
+from utils.precision import autocast_context, build_grad_scaler, resolve_precision
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside nested dicts/lists/tuples to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch
+
+
+def total_loss(losses: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Sum named losses (weight 1 each, as the original does)."""
+    if isinstance(losses, torch.Tensor):
+        return losses
+    if not losses:
+        raise ValueError("train_step produced no losses")
+    return sum(losses.values())
+
+
+class StepContext:
+    """What a ``train_step`` uses: the (wrapped) model, autocast + no_sync, and backward-with-update."""
+
+    def __init__(self, trainer: "Trainer"):
+        self._t = trainer
+
+    @property
+    def model(self) -> nn.Module:
+        return self._t.model
+
+    @property
+    def raw_model(self) -> nn.Module:
+        return self._t.raw_model
+
+    @property
+    def device(self) -> torch.device:
+        return self._t.env.device
+
+    def micro_step(self):
+        """Autocast, and skip DDP's gradient all-reduce unless the next backward completes an update."""
+        stack = contextlib.ExitStack()
+        t = self._t
+        if t.accum > 1 and (t.micro + 1) % t.accum != 0 and hasattr(t.model, "no_sync"):
+            stack.enter_context(t.model.no_sync())
+        stack.enter_context(autocast_context(t.precision, t.env.device))
+        return stack
+
+    def backward(self, losses: torch.Tensor | Mapping[str, torch.Tensor]) -> bool:
+        """Backward of the summed losses; steps the optimiser when an accumulation window completes.
+
+        Returns True when an optimiser step happened.
+        """
+        return self._t.backward(losses)
+
+
+def default_train_step(ctx: StepContext, batch: Any) -> None:
+    """One forward (keyword batch -> dict of losses) and one backward."""
+    with ctx.micro_step():
+        losses = ctx.model(**batch) if isinstance(batch, Mapping) else ctx.model(*batch)
+    ctx.backward(losses)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                 # the epoch in progress (or the next one at an epoch boundary)
+    step: int = 0                  # scheduler steps taken
+    batches_in_epoch: int = 0      # batches of `epoch` already consumed
+    best: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Owns the optimiser, scheduler, scaler, DDP wrapper, checkpoints and the loop."""
+
+    def __init__(self, config: Mapping, env: DistEnv, model: nn.Module, *, output_dir: str | os.PathLike,
+                 steps_per_epoch: int, train_batches: Callable[[int, int], Iterable] | None = None,
+                 evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+                 primary_metric: str | None = None, init_params: Iterable[str] = (),
+                 train_step: Callable[[StepContext, Any], None] = default_train_step,
+                 epochs: int | None = None):
+        self.config, self.env = config, env
+        self.output_dir = Path(output_dir)
+        run = config.get("run", {})
+        accel = config.get("accelerator") or {}
+        self.accum = max(1, int(accel.get("GRAD_ACCUMULATE_STEPS", 1) or 1))
+        self.clip = float(accel.get("CLIP_GRAD_NORM", 0) or 0)
+        self.precision = resolve_precision(config, env.device)
+        self.scaler = build_grad_scaler(self.precision, config, env.device)
+        self.train_batches, self.evaluate_fn, self.primary_metric = train_batches, evaluate, primary_metric
+        self.train_step = train_step
+        self.epochs = int(epochs if epochs is not None else config["schedular"]["epochs"])
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.max_steps = run.get("max_steps")
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.log_every = int(run.get("log_every", 50) or 50)
+        self.ckpt_every = int(run.get("ckpt_every_steps", 0) or 0)
+        self.progress = bool(run.get("progress", True)) and env.is_main
+
+        self.raw_model = model.to(env.device)
+        self.optimizer = build_optimizer(self.raw_model, config["optimizer"], init_params)
+        self.scheduler = build_scheduler(self.optimizer, config["schedular"], self.total_steps)
+        self.model = self._wrap(self.raw_model, run)
+        self.state = TrainState()
+        self.micro = 0
+        self.meters = RunningMeans()
+        self._ctx = StepContext(self)
+        logger.info("precision %s, accumulation %d, clip %s, %d steps (%d per epoch x %d epochs%s)",
+                    self.precision, self.accum, self.clip or "off", self.total_steps, self.steps_per_epoch,
+                    self.epochs, f", stopping at run.max_steps={self.max_steps}" if self.max_steps else "")
+
+    def _wrap(self, model: nn.Module, run: Mapping) -> nn.Module:
+        wrapped = model
+        if run.get("compile"):
+            wrapped = torch.compile(wrapped)
+        if self.env.world_size > 1:
+            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(
+                wrapped, device_ids=ids, find_unused_parameters=bool(run.get("find_unused_parameters", False)))
+        return wrapped
+
+    # ---------------------------------------------------------------- updates
+    def backward(self, losses) -> bool:
+        loss = total_loss(losses)
+        if not torch.isfinite(loss.detach()).all() and self.scaler is None:
+            named = {k: float(v.detach()) for k, v in losses.items()} if isinstance(losses, Mapping) else {}
+            raise FloatingPointError(f"non-finite loss at step {self.state.step} (epoch {self.state.epoch}): "
+                                     f"{named or float(loss.detach())}")
+        scaled = loss / self.accum
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        self.micro += 1
+        if isinstance(losses, Mapping):
+            self.meters.update({k: v.detach() for k, v in losses.items()})
+        self.meters.update({"loss": loss.detach()})
+        if self.micro % self.accum != 0:
+            return False
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.clip)
+            self.meters.update({"grad_norm": norm.detach()})
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._updated = True
+        return True
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_state(self) -> dict:
+        return ckpt.training_state(self.raw_model, self.optimizer, self.scheduler, self.scaler,
+                                   epoch=self.state.epoch, step=self.state.step,
+                                   batches_in_epoch=self.state.batches_in_epoch, config=self.config,
+                                   best=self.state.best)
+
+    def save(self, is_best: bool = False, step_file: bool = False) -> None:
+        if self.env.is_main:
+            path = ckpt.save_training_state(self.output_dir, self.checkpoint_state(), is_best=is_best,
+                                            step_file=step_file)
+            logger.info("saved %s%s (epoch %d, step %d)", path, " + best" if is_best else "", self.state.epoch,
+                        self.state.step)
+        barrier()
+
+    def resume(self, resume: str | os.PathLike) -> None:
+        """Restore everything a training checkpoint holds, including the data position and RNG states."""
+        path = ckpt.find_resume_file(resume, self.output_dir)
+        state = ckpt.load_training_state(path)
+        self.raw_model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(epoch=state["epoch"], step=state["step"],
+                                batches_in_epoch=state.get("batches_in_epoch", 0), best=state.get("best") or {})
+        ckpt.set_rng_state(state["rng"])
+        logger.info("resumed from %s: epoch %d, step %d, %d batches into the epoch", path, self.state.epoch,
+                    self.state.step, self.state.batches_in_epoch)
+
+    # ---------------------------------------------------------------- evaluation
+    def run_evaluation(self) -> dict:
+        """Evaluate with the task's function (eval mode, autocast, no grad) and update the best metric."""
+        if self.evaluate_fn is None:
+            return {}
+        self.raw_model.eval()
+        with torch.no_grad(), autocast_context(self.precision, self.env.device):
+            metrics = dict(self.evaluate_fn(self.raw_model))
+        self.raw_model.train()
+        return metrics
+
+    def _is_better(self, metrics: Mapping) -> bool:
+        if not self.primary_metric or self.primary_metric not in metrics:
+            return False
+        value = float(metrics[self.primary_metric])
+        best = self.state.best.get(self.primary_metric)
+        if best is None or value > best:
+            self.state.best = {self.primary_metric: value, "epoch": self.state.epoch, "step": self.state.step}
+            return True
+        return False
+
+    # ---------------------------------------------------------------- loop
+    def _log_step(self, epoch: int) -> None:
+        means = self.meters.means()
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        record = {"step": self.state.step, "epoch": epoch, "lr": lrs[0], "lr_max": max(lrs), **means,
+                  "seconds": self.meters.elapsed()}
+        if self.env.is_main:
+            append_jsonl(self.output_dir / "metrics.jsonl", record)
+            logger.info("epoch %d step %d lr %.3g | %s", epoch, self.state.step, lrs[0],
+                        " ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        self.meters.reset()
+
+    def _done(self) -> bool:
+        return bool(self.max_steps) and self.state.step >= int(self.max_steps)
+
+    def fit(self) -> dict:
+        """Train until the epochs (or run.max_steps) are done; returns the last evaluation's metrics."""
+        if self.train_batches is None:
+            raise ValueError("Trainer.fit needs train_batches")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.raw_model.train()
+        metrics: dict = {}
+        evaluated_at = None
+        while self.state.epoch < self.epochs and not self._done():
+            epoch, skip = self.state.epoch, self.state.batches_in_epoch
+            batches = self.train_batches(epoch, skip)
+            bar = _progress(batches, _safe_len(batches), f"epoch {epoch}", self.progress)
+            stopped = False
+            for i, batch in enumerate(bar, start=skip):
+                self._updated = False
+                self.train_step(self._ctx, move_to_device(batch, self.env.device))
+                self.state.batches_in_epoch = i + 1
+                if not self._updated:
+                    continue
+                self.scheduler.step()
+                self.state.step += 1
+                if self.state.step % self.log_every == 0:
+                    self._log_step(epoch)
+                if self._done():
+                    stopped = True
+                    break
+                if self.ckpt_every and self.state.step % self.ckpt_every == 0:
+                    self.save(step_file=bool(self.config.get("run", {}).get("keep_step_checkpoints")))
+            if hasattr(bar, "close"):
+                bar.close()
+            if self.meters.counts:
+                self._log_step(epoch)
+            if not stopped:
+                self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
+            eval_every = int(self.config.get("run", {}).get("eval_every", 1) or 1)
+            is_best = False
+            due = stopped or (epoch + 1) % eval_every == 0 or self.state.epoch >= self.epochs
+            if self.evaluate_fn is not None and due:
+                metrics = self.run_evaluation()
+                evaluated_at = self.state.step
+                is_best = self._is_better(metrics)
+                if self.env.is_main:
+                    append_jsonl(self.output_dir / "metrics.jsonl", {"epoch": epoch, "step": self.state.step,
+                                                                      **{f"eval/{k}": v for k, v in metrics.items()}})
+                    logger.info("evaluation after epoch %d: %s", epoch, _fmt(metrics))
+            self.save(is_best=is_best)
+        if self.evaluate_fn is not None and evaluated_at != self.state.step:
+            metrics = self.run_evaluation()
+        return metrics
+
+
+def _safe_len(obj) -> int | None:
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, mininterval=1.0)
+
+
+def _fmt(metrics: Mapping) -> str:
+    return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())

@@ -1,0 +1,70 @@
+"""Logging to console + output_dir/log.txt on rank 0, JSON-lines metrics, running averages."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Mapping
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(output_dir: str | os.PathLike | None, rank: int = 0, level: int = logging.INFO) -> None:
+    """INFO on rank 0 (console + ``output_dir/log.txt``), WARNING elsewhere."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_cclm", False):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level if rank == 0 else logging.WARNING)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if output_dir is not None and rank == 0:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(Path(output_dir) / "log.txt", encoding="utf-8"))
+    for handler in handlers:
+        handler._cclm = True
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
+        root.addHandler(handler)
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping) -> None:
+    """Append one JSON line (numbers made plain) to ``path``."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: _plain(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunningMeans:
+    """Running averages of named scalars, reset at will (per log interval or per epoch)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)
+        self.started = time.perf_counter()
+
+    def update(self, values: Mapping[str, float], n: int = 1) -> None:
+        for key, value in values.items():
+            value = float(value.detach().item() if hasattr(value, "detach") else value)
+            self.sums[key] += value * n
+            self.counts[key] += n
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / max(1, self.counts[k]) for k in self.sums}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def reset(self) -> None:
+        self.__init__()
