@@ -1,0 +1,88 @@
+"""run.py: the launch command for every --dist form, and exit codes of failing workers."""
+import sys
+
+import pytest
+
+import run
+
+
+def dry(capsys, *argv):
+    assert run.main([*argv, "--dry-run"]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_multinode_command_from_flags(capsys):
+    out = dry(capsys, "--task", "itr_coco", "--dist", "all", "--nnodes", "2", "--node_rank", "1",
+              "--master_addr", "10.1.2.3", "--master_port", "29600")
+    assert out.count("torch.distributed.run") == 1
+    assert "--nproc-per-node=8 --nnodes=2 --node-rank=1 --master-addr=10.1.2.3 --master-port=29600" in out
+    assert "Retrieval.py --config configs/retrieval/coco_all.yaml" in out
+
+
+def test_multinode_nproc_override_and_env_fallback(capsys):
+    out = dry(capsys, "--task", "itr_coco", "--dist", "all", "--nproc", "4")
+    assert "--nproc-per-node=4" in out and "--nnodes" not in out  # torchrun reads PET_* from the environment
+
+
+@pytest.mark.parametrize("dist,expect", [
+    ("cpu", ["CCLM_DEVICE=cpu", "--standalone", "--nproc-per-node=1"]),
+    ("cpu:3", ["CCLM_DEVICE=cpu", "--nproc-per-node=3"]),
+    ("gpu5", ["CUDA_VISIBLE_DEVICES=5", "--nproc-per-node=1"]),
+    ("f4", ["CUDA_VISIBLE_DEVICES=0,1,2,3", "--nproc-per-node=4"]),
+    ("l4", ["CUDA_VISIBLE_DEVICES=4,5,6,7", "--nproc-per-node=4"]),
+])
+def test_single_node_forms(capsys, dist, expect):
+    out = dry(capsys, "--task", "xvnli", "--dist", dist)
+    for piece in expect:
+        assert piece in out
+
+
+def test_dist_1_uses_local_gpus_or_eight(capsys, monkeypatch):
+    monkeypatch.setattr(run, "_local_gpu_count", lambda: 0)
+    assert "--nproc-per-node=8" in dry(capsys, "--task", "nlvr", "--dist", "1")
+    monkeypatch.setattr(run, "_local_gpu_count", lambda: 2)
+    assert "--nproc-per-node=2" in dry(capsys, "--task", "nlvr", "--dist", "1")
+
+
+def test_flags_are_forwarded_and_fewshot_picks_its_config(capsys, tmp_path):
+    out = dry(capsys, "--task", "xvnli", "--dist", "cpu", "--fewshot", "ar,48", "--bs", "64", "--seed", "3",
+              "--epoch", "2", "--lr", "1e-5", "--evaluate", "--resume", "latest", "--output_dir", str(tmp_path),
+              "--opts", "a.b=1", "c=2")
+    assert "--config configs/xvnli/xvnli_fewshot.yaml" in out
+    for piece in ("--bs 64", "--seed 3", "--epoch 2", "--lr 1e-5", "--fewshot ar,48", "--evaluate",
+                  "--resume latest", f"--output_dir {tmp_path}", "--opts a.b=1 c=2"):
+        assert piece in out
+
+
+def test_bad_dist_value():
+    with pytest.raises(SystemExit, match="not one of"):
+        run.main(["--task", "xvnli", "--dist", "gpu", "--dry-run"])
+
+
+def test_unknown_task_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--task", "nope", "--dry-run"])
+
+
+def test_missing_script_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(run.TASKS, "ghost", run.Task("Ghost.py", "configs/none.yaml"))
+    assert run.main(["--task", "ghost", "--dist", "cpu"]) == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_a_failing_worker_makes_run_exit_nonzero(monkeypatch, tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    monkeypatch.setitem(run.TASKS, "failing", run.Task(str(script), str(config)))
+    assert run.main(["--task", "failing", "--dist", "cpu:2"]) != 0
+
+
+def test_a_succeeding_worker_exits_zero(monkeypatch, tmp_path):
+    script = tmp_path / "ok.py"
+    script.write_text("import sys\nassert '--config' in sys.argv\n")
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    monkeypatch.setitem(run.TASKS, "fine", run.Task(str(script), str(config)))
+    assert run.main(["--task", "fine", "--dist", "cpu:2"]) == 0

@@ -1,0 +1,104 @@
+"""The command-line flags every task script shares, and the run set-up they lead to (config, processes, logging)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from utils.config import ConfigError, dump_config, load_config, set_by_path
+from utils.dist import DistEnv, init_distributed
+from utils.engine import seed_everything
+from utils.logging import setup_logging
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The original README's flags plus ours (--resume, --opts, --device); run.py forwards them unchanged."""
+    parser.add_argument("--config", default=None, help="YAML config (default: the task's)")
+    parser.add_argument("--output_dir", default=None, help="where checkpoints, logs and results go")
+    parser.add_argument("--bs", type=int, default=-1, help="global training batch, split over processes (-1: config)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (rank is added per process)")
+    parser.add_argument("--epoch", type=int, default=-1, help="number of epochs (-1: config)")
+    parser.add_argument("--checkpoint", default=None, help="weights to start from (released CCLM .th or ours)")
+    parser.add_argument("--lr", type=float, default=0.0, help="learning rate (0: config)")
+    parser.add_argument("--fewshot", default=None, help="few-shot spec, e.g. 'de,100' or 'id'")
+    parser.add_argument("--evaluate", action="store_true", help="evaluate --checkpoint without training")
+    parser.add_argument("--resume", default=None, help="training checkpoint to continue from, or 'latest'")
+    parser.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"), help="override config.device")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, a.b=c")
+    return parser
+
+
+@dataclass
+class TaskSpec:
+    """What the shared set-up needs to know about a task."""
+
+    name: str
+    default_config: str                 # relative to the repository root
+    schema: str                         # the base config whose keys are the only ones allowed
+    bs_keys: Sequence[str] = ()         # config keys --bs sets (per-process batch = bs // world size)
+    fewshot_config: str | None = None   # used instead of default_config when --fewshot is given
+
+
+@dataclass
+class RunContext:
+    config: dict
+    env: DistEnv
+    output_dir: Path
+    args: argparse.Namespace
+
+
+def parse_task_args(argv: Iterable[str] | None, description: str) -> argparse.Namespace:
+    """Parse the shared flags (unknown flags are an error naming them)."""
+    parser = add_task_arguments(argparse.ArgumentParser(description=description))
+    return parser.parse_args(None if argv is None else list(argv))
+
+
+def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> dict:
+    """Load the config (schema-checked) and apply the command-line flags to it."""
+    path = args.config or (spec.fewshot_config if args.fewshot and spec.fewshot_config else spec.default_config)
+    path = path if Path(path).is_absolute() or Path(path).exists() else str(ROOT / path)
+    config = load_config(path, args.opts, schema=ROOT / spec.schema)
+    if args.bs > 0:
+        if args.bs % world_size:
+            raise ConfigError(f"--bs {args.bs} is not divisible by the {world_size} processes")
+        for key in spec.bs_keys:
+            set_by_path(config, key, args.bs // world_size)
+    if args.epoch > 0:
+        config["schedular"]["epochs"] = args.epoch
+    if args.lr > 0:
+        config["optimizer"]["lr"] = args.lr
+        config["schedular"]["lr"] = args.lr
+    for key in ("seed", "checkpoint", "fewshot", "resume", "device"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    if args.evaluate:
+        config["evaluate"] = True
+    config["output_dir"] = str(args.output_dir or config.get("output_dir") or Path("output") / spec.name)
+    return config
+
+
+def setup_run(spec: TaskSpec, argv: Iterable[str] | None, description: str = "") -> RunContext:
+    """Parse flags, resolve the config, start the process group, seed, set up logging, save config.yaml."""
+    args = parse_task_args(argv, description or spec.name)
+    env = init_distributed(os.environ.get("CCLM_DEVICE") or (args.device or "auto"))
+    config = build_config(spec, args, env.world_size)
+    if config.get("device", "auto") != "auto" and args.device is None and env.device.type != config["device"]:
+        # the config asks for a device the process group was not built for: rebuild nothing, just say so clearly
+        if config["device"] == "cpu" or not env.distributed:
+            env = init_distributed(config["device"]) if not env.distributed else env
+    output_dir = Path(config["output_dir"])
+    if env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(output_dir, env.rank)
+    seed_everything(int(config["seed"]) + env.rank)
+    if env.is_main:
+        dump_config(config, output_dir / "config.yaml")
+    logger.info("task %s: rank %d/%d on %s, output %s", spec.name, env.rank, env.world_size, env.device, output_dir)
+    return RunContext(config, env, output_dir, args)
