@@ -45,6 +45,6 @@ def build_grad_scaler(precision: str, config: Mapping, device: torch.device) -> 
     if str(scale).lower() == "dynamic":
         # apex O1 capped the dynamic scale at 2**10 in the original configs; torch's default start is higher but adapts.
         return torch.amp.GradScaler(device.type)
-    fixed = float(scale)
-    return torch.amp.GradScaler(device.type, init_scale=fixed, growth_factor=1.0, backoff_factor=1.0,
-                                growth_interval=2**31 - 1)
+    # A fixed scale never grows; torch insists on a back-off factor < 1, so an overflow still halves it (apex's static
+    # scale would have kept it and applied the bad step: skipping is the safer behaviour).
+    return torch.amp.GradScaler(device.type, init_scale=float(scale), growth_interval=2**31 - 1)
