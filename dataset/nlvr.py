@@ -1,0 +1,142 @@
+"""NLVR2 / MaRVL: a statement about a pair of images, true or false.
+
+Items are ``(left image, right image, statement str, label int)``: the statement is cleaned with
+``pre_caption(., 30)`` and left as a string for the task script to tokenise; label 1 = true, 0 = false. Labels may be
+JSON booleans (MaRVL) or the strings ``"True"``/``"False"`` (NLVR2); anything else is an error naming file and line.
+Each image gets the transform independently (the reference flips them independently too, spec 11 B4).
+
+Readable files:
+
+* json list ``[{"sentence", "label", "images": [left, right]}]`` (the X-VLM NLVR2 files and the MaRVL files made by
+  ``python3 -m dataset.marvl``), image paths relative to the given image root;
+* NLVR2 jsonl as distributed (``nlvr2/data/*.json``, IGLUE ``nlvr2/annotations/*.jsonl``): image files derived from
+  ``identifier`` as NLVR2 names them: ``dev-850-0-0`` -> ``dev/dev-850-0-img0.png`` and ``...-img1.png``;
+  train images sit in ``train/<directory>/``.
+
+Expected layout (relative to the data root)::
+
+    data/finetune/nlvr_en/nlvr_{train,dev,test}.json    or  iglue/datasets/nlvr2/annotations/{train,dev,test}.jsonl
+    images/nlvr2/{train/<directory>,dev,test1}/<split>-<set>-<pair>-img{0,1}.png
+    data/marvl/marvl-<l>.json, marvl-<l>_train10x2.json   made by python3 -m dataset.marvl (image root: images/)
+    images/marvl-images/<l>/images/<concept>/<file>,  images/marvl_fewshot/<l>/all/<file>
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from dataset.convert import AnnotationError, iter_jsonl, read_json, require, where
+from dataset.images import load_image
+from dataset.text import pre_caption
+
+PathLike = str | os.PathLike
+LABEL_VALUES = {True: 1, False: 0, "True": 1, "False": 0}
+
+
+@dataclass(frozen=True)
+class NLVRExample:
+    """One statement with its two image files, label id and source line."""
+
+    left: str
+    right: str
+    sentence: str
+    label: int
+    at: str
+
+
+def parse_label(value: object, at: str) -> int:
+    """1 for true, 0 for false; accepts JSON booleans (MaRVL) and "True"/"False" strings (NLVR2)."""
+    if isinstance(value, (bool, str)) and value in LABEL_VALUES:
+        return LABEL_VALUES[value]
+    raise AnnotationError(f"{at}: label {value!r} is neither a boolean nor 'True'/'False'")
+
+
+def _example(left: str, right: str, sentence: object, label: object, at: str, max_words: int) -> NLVRExample:
+    if not isinstance(sentence, str):
+        raise AnnotationError(f"{at}: sentence must be a string")
+    try:
+        cleaned = pre_caption(sentence, max_words)
+    except ValueError as e:
+        raise AnnotationError(f"{at}: sentence {sentence!r} is empty after cleaning ({e})") from e
+    return NLVRExample(left, right, cleaned, parse_label(label, at), at)
+
+
+def read_nlvr_json(path: PathLike, image_root: PathLike, max_words: int = 30) -> list[NLVRExample]:
+    """A json list of ``{"sentence", "label", "images": [left, right]}``."""
+    entries = read_json(path)
+    if not isinstance(entries, list):
+        raise AnnotationError(f"{path}: expected a JSON list, got {type(entries).__name__}")
+    examples = []
+    for i, entry in enumerate(entries):
+        at = where(path, f"item {i}")
+        if not isinstance(entry, dict):
+            raise AnnotationError(f"{at}: expected an object, got {type(entry).__name__}")
+        require(entry, ("sentence", "label", "images"), at)
+        images = entry["images"]
+        if not isinstance(images, list) or len(images) != 2 or not all(isinstance(p, str) for p in images):
+            raise AnnotationError(f"{at}: 'images' must be a list of two paths, got {images!r}")
+        left, right = (str(Path(image_root) / p) for p in images)
+        examples.append(_example(left, right, entry["sentence"], entry["label"], at, max_words))
+    return examples
+
+
+def nlvr2_image_files(identifier: str, directory: object = None) -> tuple[str, str]:
+    """NLVR2's image files for a statement ``identifier`` (``<split>-<set>-<pair>-<sentence>``), relative to its root."""
+    parts = identifier.split("-")
+    if len(parts) != 4:
+        raise ValueError(f"NLVR2 identifier {identifier!r} is not <split>-<set>-<pair>-<sentence>")
+    prefix, split = "-".join(parts[:3]), parts[0]
+    folder = f"{split}/{directory}" if directory is not None else split
+    return f"{folder}/{prefix}-img0.png", f"{folder}/{prefix}-img1.png"
+
+
+def read_nlvr2_jsonl(path: PathLike, image_root: PathLike, max_words: int = 30) -> list[NLVRExample]:
+    """NLVR2 jsonl as distributed (``identifier``, ``sentence``, string ``label``; train lines add ``directory``)."""
+    examples = []
+    for line_no, record in iter_jsonl(path):
+        at = where(path, line_no)
+        require(record, ("identifier", "sentence", "label"), at)
+        try:
+            files = nlvr2_image_files(str(record["identifier"]), record.get("directory"))
+        except ValueError as e:
+            raise AnnotationError(f"{at}: {e}") from e
+        left, right = (str(Path(image_root) / f) for f in files)
+        examples.append(_example(left, right, record["sentence"], record["label"], at, max_words))
+    return examples
+
+
+def read_nlvr_examples(path: PathLike, image_root: PathLike, max_words: int = 30) -> list[NLVRExample]:
+    """Examples of a ``.json`` list file or an NLVR2 ``.jsonl`` file (chosen by suffix)."""
+    if Path(path).suffix == ".jsonl":
+        return read_nlvr2_jsonl(path, image_root, max_words)
+    return read_nlvr_json(path, image_root, max_words)
+
+
+class NLVRDataset(Dataset):
+    """Two-image statements: items ``(left image tensor, right image tensor, statement str, label int)``."""
+
+    def __init__(self, path: PathLike, image_root: PathLike, transform: Callable, max_words: int = 30):
+        self.path, self.transform = Path(path), transform
+        self.examples = read_nlvr_examples(path, image_root, max_words)
+        if not self.examples:
+            raise AnnotationError(f"{path}: no examples")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int):
+        ex = self.examples[index]
+        left = self.transform(load_image(ex.left, where=ex.at))
+        right = self.transform(load_image(ex.right, where=ex.at))
+        return left, right, ex.sentence, ex.label
+
+
+def collate_nlvr(batch):
+    """``(left images [B,3,H,W], right images [B,3,H,W], statements list[str], labels LongTensor [B])``."""
+    lefts, rights, sentences, labels = zip(*batch)
+    return torch.stack(lefts), torch.stack(rights), list(sentences), torch.tensor(labels, dtype=torch.long)

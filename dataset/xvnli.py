@@ -1,0 +1,87 @@
+"""XVNLI (visual entailment): IGLUE jsonl, one (image, hypothesis) pair per line, 3 labels.
+
+Items are ``(image tensor, hypothesis str, label int)``: the hypothesis (``sentence2``) is cleaned with
+``pre_caption(., 80)`` and left as a string for the task script to tokenise; the text premise ``sentence1`` is unused.
+Labels: contradiction 0, entailment 1, neutral 2. Lines whose ``gold_label`` is anything else (IGLUE has ``-``) are
+dropped and counted in ``dataset.dropped``. The image key is spelled ``Flikr30kID`` (sic) in the IGLUE files.
+
+Expected layout (relative to the data root)::
+
+    iglue/datasets/XVNLI/annotations/en/train.jsonl             (unzip IGLUE's train.jsonl.zip)
+    iglue/datasets/XVNLI/annotations/en/dev.jsonl
+    iglue/datasets/XVNLI/annotations/<l>/test.jsonl             l = ar en es fr ru
+    iglue/datasets/XVNLI/annotations/<l>/train_<N>.jsonl        few-shot, N = 1 5 10 20 25 48
+    iglue/datasets/XVNLI/annotations_machine-translate/<l>/test.jsonl   translate-test (no en)
+    images/flickr30k-images/<Flikr30kID>.jpg
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from dataset.convert import AnnotationError, iter_jsonl, require, where
+from dataset.images import load_image
+from dataset.text import pre_caption
+
+PathLike = str | os.PathLike
+LABELS = {"contradiction": 0, "entailment": 1, "neutral": 2}
+IMAGE_KEY = "Flikr30kID"
+
+
+@dataclass(frozen=True)
+class XVNLIExample:
+    """One scored pair: image file, cleaned hypothesis, label id, and the annotation line it came from."""
+
+    image: str
+    hypothesis: str
+    label: int
+    at: str
+
+
+def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tuple[list[XVNLIExample], int]:
+    """``(examples, dropped)``: the usable lines of an XVNLI jsonl file and the number of lines without a gold label."""
+    examples, dropped = [], 0
+    for line_no, record in iter_jsonl(path):
+        at = where(path, line_no)
+        require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
+        if record["gold_label"] not in LABELS:
+            dropped += 1
+            continue
+        hypothesis = record["sentence2"]
+        if not isinstance(hypothesis, str):
+            raise AnnotationError(f"{at}: sentence2 must be a string")
+        try:
+            hypothesis = pre_caption(hypothesis, max_words)
+        except ValueError as e:
+            raise AnnotationError(f"{at}: hypothesis {record['sentence2']!r} is empty after cleaning ({e})") from e
+        image = str(Path(image_root) / f"{record[IMAGE_KEY]}.jpg")
+        examples.append(XVNLIExample(image, hypothesis, LABELS[record["gold_label"]], at))
+    return examples, dropped
+
+
+class XVNLIDataset(Dataset):
+    """An XVNLI split: items ``(image tensor, hypothesis str, label int)``."""
+
+    def __init__(self, path: PathLike, image_root: PathLike, transform: Callable, max_words: int = 80):
+        self.path, self.transform = Path(path), transform
+        self.examples, self.dropped = read_xvnli(path, image_root, max_words)
+        if not self.examples:
+            raise AnnotationError(f"{path}: no line has a usable gold_label ({self.dropped} dropped)")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int):
+        example = self.examples[index]
+        return self.transform(load_image(example.image, where=example.at)), example.hypothesis, example.label
+
+
+def collate_xvnli(batch):
+    """``(images [B,3,H,W], hypotheses list[str], labels LongTensor [B])``."""
+    images, texts, labels = zip(*batch)
+    return torch.stack(images), list(texts), torch.tensor(labels, dtype=torch.long)

@@ -1,0 +1,169 @@
+"""Two-stage image-text retrieval evaluation, shared by Retrieval.py, xFlickrCO.py and WIT.py.
+
+Stage 1 ranks every image-text pair by the cosine similarity of the contrastive features. Stage 2 re-scores each
+query's top ``k_test`` candidates with the matching head (the raw class-1 ITM logit, as the reference does) and
+ranks by that. Queries are split across processes. Unlike the reference, which ran one fusion forward per query
+(``k_test`` pairs), the re-rank packs many candidate pairs into one forward (``rerank_batch`` pairs), and only the
+top-k lists are kept (the reference filled dense N_img x N_txt matrices with -100, which for 5k x 25k is 1 GB).
+
+The model is reached through a small interface (any object with these methods, usually the retrieval model):
+    ``image_embeds(image) -> (B, 1+L, D)``            vision tokens
+    ``image_feat(image_embeds) -> (B, E)``            L2-normalised contrastive feature
+    ``text_embeds(text_ids, text_atts) -> (B, T, D)`` text-mode hidden states
+    ``text_feat(text_embeds) -> (B, E)``
+    ``itm_logits(image_embeds, image_atts, text_embeds, text_atts) -> (N,)`` class-1 matching logits of N pairs
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from utils.dist import all_gather_no_grad, get_rank, get_world_size, is_dist
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EncodedImages:
+    embeds: torch.Tensor  # (N_img, 1+L, D)
+    feats: torch.Tensor   # (N_img, E)
+
+
+@dataclass
+class EncodedTexts:
+    embeds: torch.Tensor  # (N_txt, T, D)
+    atts: torch.Tensor    # (N_txt, T)
+    feats: torch.Tensor   # (N_txt, E)
+
+
+@torch.no_grad()
+def encode_images(model, images: Iterable[torch.Tensor], device: torch.device) -> EncodedImages:
+    """Vision tokens and features for batches of image tensors, in order."""
+    embeds, feats = [], []
+    for image in images:
+        e = model.image_embeds(image.to(device, non_blocking=True))
+        embeds.append(e)
+        feats.append(model.image_feat(e))
+    return EncodedImages(torch.cat(embeds), torch.cat(feats))
+
+
+@torch.no_grad()
+def encode_texts(model, texts: Sequence[str], tokenizer, max_tokens: int, batch_size: int,
+                 device: torch.device) -> EncodedTexts:
+    """Text-mode states and features; every text padded (and truncated) to ``max_tokens`` as the reference does."""
+    embeds, atts, feats = [], [], []
+    for start in range(0, len(texts), batch_size):
+        tok = tokenizer(list(texts[start:start + batch_size]), padding="max_length", truncation=True,
+                        max_length=max_tokens, return_tensors="pt")
+        ids, att = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+        e = model.text_embeds(ids, att)
+        embeds.append(e)
+        atts.append(att)
+        feats.append(model.text_feat(e))
+    return EncodedTexts(torch.cat(embeds), torch.cat(atts), torch.cat(feats))
+
+
+def shard_rows(n: int, rank: int, world: int) -> range:
+    """The contiguous block of query rows this rank re-ranks."""
+    per = -(-n // world)
+    return range(min(n, rank * per), min(n, (rank + 1) * per))
+
+
+@torch.no_grad()
+def rerank_pairs(model, img: EncodedImages, txt: EncodedTexts, image_idx: torch.Tensor, text_idx: torch.Tensor,
+                 batch: int) -> torch.Tensor:
+    """ITM logits of the pairs (image_idx[j], text_idx[j]), ``batch`` pairs per fusion forward."""
+    out = []
+    for s in range(0, len(image_idx), batch):
+        ii, tt = image_idx[s:s + batch], text_idx[s:s + batch]
+        ie = img.embeds[ii]
+        ia = torch.ones(ie.shape[:2], dtype=torch.long, device=ie.device)
+        out.append(model.itm_logits(ie, ia, txt.embeds[tt], txt.atts[tt]).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 256,
+                direction: str = "i2t") -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query (images for 'i2t', texts for 't2i'), its top-k candidates re-scored and sorted by ITM.
+
+    Returns (indices, scores), both (N_query, k) on the CPU, best first, gathered from every rank.
+    """
+    sims = img.feats @ txt.feats.t()
+    if direction == "t2i":
+        sims = sims.t()
+    n_query, n_cand = sims.shape
+    k = min(k_test, n_cand)
+    rows = shard_rows(n_query, get_rank(), get_world_size())
+    cand = sims[rows.start:rows.stop].topk(k, dim=1).indices  # (n_rows, k)
+    query = torch.arange(rows.start, rows.stop, device=cand.device).repeat_interleave(k)
+    flat = cand.reshape(-1)
+    image_idx, text_idx = (query, flat) if direction == "i2t" else (flat, query)
+    scores = rerank_pairs(model, img, txt, image_idx, text_idx, rerank_batch).view(-1, k)
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    idx_local, score_local = cand.gather(1, order), scores.gather(1, order)
+    if is_dist():
+        idx_local, score_local = _gather_rows(idx_local, n_query, k), _gather_rows(score_local, n_query, k)
+    return idx_local.cpu(), score_local.cpu()
+
+
+def _gather_rows(local: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    # Every rank owns at most ceil(n/world) rows: pad to that, gather, trim.
+    per = -(-n // get_world_size())
+    padded = torch.zeros((per, k), dtype=local.dtype, device=local.device)
+    padded[:len(local)] = local
+    return all_gather_no_grad(padded)[:n]
+
+
+def recall_from_topk(topk: torch.Tensor, ground_truth: Sequence[Sequence[int]], ks: Sequence[int]) -> list[float]:
+    """Recall@K (percent) from sorted top-k candidate lists: a query counts when a ground truth is in its first K.
+
+    A ground truth outside the re-ranked top-k counts as a miss at every K <= k (the reference scored it -100).
+    """
+    if len(topk) != len(ground_truth):
+        raise ValueError(f"{len(topk)} ranked queries but {len(ground_truth)} ground-truth entries")
+    hits = {k: 0 for k in ks}
+    for row, gts in zip(topk.tolist(), ground_truth):
+        gts = set(gts if isinstance(gts, (list, tuple, set)) else [gts])
+        first = next((pos for pos, c in enumerate(row) if c in gts), None)
+        for k in ks:
+            hits[k] += first is not None and first < k
+    return [100.0 * hits[k] / max(1, len(topk)) for k in ks]
+
+
+def retrieval_metrics(i2t_topk: torch.Tensor, t2i_topk: torch.Tensor, img2txt: Sequence, txt2img: Sequence,
+                      ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """``txt_r{K}`` (image->text), ``img_r{K}`` (text->image), their means and ``r_mean``, as the reference names them."""
+    txt = recall_from_topk(i2t_topk, img2txt, ks)
+    img = recall_from_topk(t2i_topk, txt2img, ks)
+    out = {f"txt_r{k}": v for k, v in zip(ks, txt)}
+    out["txt_r_mean"] = sum(txt) / len(txt)
+    out.update({f"img_r{k}": v for k, v in zip(ks, img)})
+    out["img_r_mean"] = sum(img) / len(img)
+    out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
+    return out
+
+
+@torch.no_grad()
+def contrastive_topk(img: EncodedImages, txt: EncodedTexts, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage-1 rankings alone (cosine similarity), (N_img, k) and (N_txt, k) index lists."""
+    sims = img.feats @ txt.feats.t()
+    return (sims.topk(min(k, sims.shape[1]), dim=1).indices.cpu(),
+            sims.t().topk(min(k, sims.shape[0]), dim=1).indices.cpu())
+
+
+@torch.no_grad()
+def evaluate_retrieval(model, img: EncodedImages, txt: EncodedTexts, img2txt: Sequence, txt2img: Sequence, *,
+                       k_test: int, rerank_batch: int = 256, ks: Sequence[int] = (1, 5, 10),
+                       with_itc: bool = True) -> dict:
+    """Two-stage metrics (ITM re-rank of the ITC top-k); with ``with_itc`` also the ITC-only ones, prefixed ``itc_``."""
+    i2t, _ = topk_rerank(model, img, txt, k_test, rerank_batch, "i2t")
+    t2i, _ = topk_rerank(model, img, txt, k_test, rerank_batch, "t2i")
+    metrics = retrieval_metrics(i2t, t2i, img2txt, txt2img, ks)
+    if with_itc:
+        ci2t, ct2i = contrastive_topk(img, txt, max(ks))
+        metrics.update({f"itc_{k}": v for k, v in retrieval_metrics(ci2t, ct2i, img2txt, txt2img, ks).items()})
+    return metrics
