@@ -1,0 +1,196 @@
+"""Pre-training model on tiny offline configs: the three batch kinds forward and backward; full size on meta."""
+import pytest
+import torch
+from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
+
+from models.cclm import CCLMPretrain
+from models.checkpoint import ours_to_reference
+from models.factory import create_model
+from models.losses import HardNegatives
+from models.vision import SwinVisionEncoder, swin_ours_to_reference
+
+WIDTH, VOCAB, B, L = 64, 40, 4, 9
+TINY_VISION = {"image_res": 64, "window_size": 2, "embed_dim": 8, "depths": [1, 1, 2, 1], "num_heads": [1, 1, 2, 2],
+               "vision_width": WIDTH}
+NUM_PATCHES = (64 // 32) ** 2
+
+
+def write_tiny_xlmr(path, num_layers=4, hidden=WIDTH, vocab=VOCAB, heads=4, max_positions=40):
+    XLMRobertaConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+                     intermediate_size=4 * hidden, max_position_embeddings=max_positions, type_vocab_size=1,
+                     pad_token_id=1, layer_norm_eps=1e-5).save_pretrained(path)
+    return path
+
+
+def tiny_config(tmp_path, **overrides):
+    config = {"vision_config": dict(TINY_VISION), "image_res": 64, "text_encoder": "xlmr",
+              "text_num_hidden_layers": 4, "embed_dim": 16, "temp": 0.07}
+    write_tiny_xlmr(tmp_path / "xlmr")
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def model(tmp_path):
+    torch.manual_seed(0)
+    return CCLMPretrain(tiny_config(tmp_path), root=tmp_path)
+
+
+def text_batch(seed, suffix=""):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB - 1, (B, L), generator=g)
+    ids[:, 0] = 0
+    atts = torch.ones_like(ids)
+    atts[2:, 6:] = 0
+    ids[atts == 0] = 1
+    masked = ids.clone()
+    masked_pos = torch.tensor([[1, 3], [2, 0], [4, 5], [1, 0]])
+    masked_ids = torch.gather(ids, 1, masked_pos)
+    masked_ids[[1, 3], 1] = -100
+    masked.scatter_(1, masked_pos, VOCAB - 1)
+    return {f"text_ids{suffix}": ids, f"text_atts{suffix}": atts, f"text_ids_masked{suffix}": masked,
+            f"masked_pos{suffix}": masked_pos, f"masked_ids{suffix}": masked_ids}
+
+
+def image_batch(n=B):
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+
+
+def region_batch():
+    atts = torch.zeros(B, 1 + NUM_PATCHES, dtype=torch.long)
+    atts[:, 0] = 1
+    atts[:, 1:3] = 1
+    atts[0] = 1  # a whole-image caption
+    return {"image": image_batch(2), "idx_to_group_img": torch.tensor([0, 0, 1, 1]), "image_atts": atts,
+            "target_bbox": torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.3, 0.3, 0.2, 0.4], [0.6, 0.5, 0.4, 0.4],
+                                         [0.5, 0.7, 0.3, 0.2]]),
+            "is_image": torch.tensor([1.0, 0.0, 0.0, 0.0]), "ret_bbox_loss": True, **text_batch(5)}
+
+
+def grads_of(model, prefix):
+    return [p.grad for n, p in model.named_parameters() if n.startswith(prefix)]
+
+
+def test_image_text_batch_with_two_captions(model):
+    losses = model(image=image_batch(), **text_batch(1), **text_batch(2, "_2"))
+    assert set(losses) == {"loss_itc", "loss_itm", "loss_mlm", "loss_ttc"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(g is not None for g in grads_of(model, "vision_encoder.patch_embed"))
+    assert all(g is None for g in grads_of(model, "bbox_head"))
+    assert model.text_encoder.bert.encoder.layer[3].crossattention.self.key.weight.grad.abs().sum() > 0
+
+
+def test_image_text_batch_without_second_caption_has_no_ttc(model):
+    losses = model(image=image_batch(), **text_batch(1))
+    assert set(losses) == {"loss_itc", "loss_itm", "loss_mlm"}
+
+
+def test_parallel_text_batch(model):
+    losses = model(image=None, **text_batch(1), **text_batch(2, "_2"), text_atts_masked=None)
+    assert set(losses) == {"loss_ttc", "loss_ttm", "loss_mlm"}
+    sum(losses.values()).backward()
+    assert all(g is None for g in grads_of(model, "vision_encoder"))
+    assert all(g is None for g in grads_of(model, "vision_proj"))
+    assert model.itm_head[0].weight.grad.abs().sum() > 0
+
+
+def test_region_batch(model):
+    losses = model(**region_batch())
+    assert set(losses) == {"loss_itc", "loss_itm", "loss_mlm", "loss_bbox", "loss_giou"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.bbox_head[3].weight.grad.abs().sum() > 0
+
+
+def test_injected_hard_negatives_replace_sampling(model):
+    model.eval()
+    batch = dict(image=image_batch(), **text_batch(1))
+    first = HardNegatives(torch.tensor([1, 0, 3, 2]), torch.tensor([2, 3, 0, 1]))
+    second = HardNegatives(torch.tensor([3, 2, 1, 0]), torch.tensor([1, 0, 3, 2]))
+    a1 = model(**batch, hard_negatives=first)["loss_itm"]
+    a2 = model(**batch, hard_negatives=first)["loss_itm"]
+    b = model(**batch, hard_negatives=second)["loss_itm"]
+    assert a1.item() == a2.item() and a1.item() != b.item()
+    with pytest.raises(ValueError, match="x_for_y"):
+        model(**batch, hard_negatives=HardNegatives(torch.tensor([1, 0, 3, 9]), torch.tensor([2, 3, 0, 1])))
+
+
+def test_forward_clamps_the_temperature_in_place(model):
+    with torch.no_grad():
+        model.temp.fill_(0.0001)
+    model(image=image_batch(), **text_batch(1))
+    assert model.temp.item() == pytest.approx(0.001)
+    with torch.no_grad():
+        model.temp.fill_(3.0)
+    model(image=None, **text_batch(1), **text_batch(2, "_2"))
+    assert model.temp.item() == pytest.approx(0.5)
+
+
+def test_init_params_are_the_new_parameters(model):
+    names = set(model.init_params)
+    params = dict(model.named_parameters())
+    assert names <= set(params)
+    assert {"temp", "text_proj.weight", "vision_proj.bias", "itm_head.3.weight", "bbox_head.1.weight"} <= names
+    cross = {n for n in params if ".crossattention." in n}
+    assert cross and cross <= names
+    assert not any(n.startswith("vision_encoder.") or ".attention.self." in n for n in names)
+
+
+def test_pretraining_from_scratch_loads_xlmr_and_swin_files(tmp_path):
+    write_tiny_xlmr(tmp_path / "xlmr", num_layers=8)
+    hf = XLMRobertaForMaskedLM(XLMRobertaConfig.from_pretrained(tmp_path / "xlmr"))
+    hf.save_pretrained(tmp_path / "xlmr")
+    swin = SwinVisionEncoder(TINY_VISION)
+    torch.save({"model": swin_ours_to_reference(swin.state_dict())}, tmp_path / "swin.pth")
+    config = {"vision_config": dict(TINY_VISION, ckpt="swin.pth"), "image_res": 64, "text_encoder": "xlmr",
+              "text_num_hidden_layers": 4, "load_text_params": True, "load_vision_params": True}
+    model = CCLMPretrain(config, root=tmp_path)
+    torch.testing.assert_close(model.text_encoder.bert.encoder.layer[2].output.dense.weight,
+                               hf.roberta.encoder.layer[5].output.dense.weight)
+    torch.testing.assert_close(model.vision_encoder.layers[1].downsample.reduction.weight,
+                               swin.layers[1].downsample.reduction.weight)
+    assert {n for n in model.init_params if n.startswith("text_encoder.")} == \
+        {n for n, _ in model.named_parameters() if ".crossattention." in n}
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match="itc_gather"):
+        CCLMPretrain(tiny_config(tmp_path, itc_gather="everything"), root=tmp_path)
+    with pytest.raises(ValueError, match="image_res"):
+        CCLMPretrain(tiny_config(tmp_path, image_res=224), root=tmp_path)
+    config = tiny_config(tmp_path)
+    del config["text_encoder"]
+    with pytest.raises(KeyError, match="text_encoder"):
+        CCLMPretrain(config, root=tmp_path)
+
+
+def test_factory_builds_registered_models(tmp_path):
+    model = create_model("cclm_pretrain", tiny_config(tmp_path, itc_gather="full"), root=tmp_path)
+    assert isinstance(model, CCLMPretrain) and model.itc_gather == "full"
+    with pytest.raises(KeyError, match="cclm_pretrain"):
+        create_model("cclm_unknown", {})
+
+
+def _read_manifest(path):
+    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    return {key: (shape, dtype) for key, shape, dtype in rows}
+
+
+def _shape_string(tensor):
+    return "scalar" if tensor.dim() == 0 else "x".join(str(s) for s in tensor.shape)
+
+
+def test_full_size_model_matches_the_reference_manifest(tmp_path, shared_docs):
+    """XLM-R-large + Swin-B 224 on the meta device: keys, shapes and dtypes equal the released layout."""
+    write_tiny_xlmr(tmp_path / "xlmr-large", num_layers=24, hidden=1024, vocab=250002, heads=16, max_positions=514)
+    with torch.device("meta"):
+        model = CCLMPretrain({"vision_config": "swin_base_224", "image_res": 224, "text_encoder": "xlmr-large",
+                              "text_num_hidden_layers": 12, "embed_dim": 256, "temp": 0.07}, root=tmp_path)
+    ours = ours_to_reference(model.state_dict(), vision_encoder=model.vision_encoder)
+    manifest = _read_manifest(shared_docs / "cclm-pretrain-keys.tsv")
+    assert sorted(set(manifest) - set(ours)) == []
+    assert sorted(set(ours) - set(manifest)) == []
+    wrong = {k: (manifest[k], _shape_string(v), str(v.dtype)) for k, v in ours.items()
+             if (_shape_string(v), "torch." + manifest[k][1]) != (manifest[k][0], str(v.dtype))}
+    assert wrong == {}

@@ -1,0 +1,214 @@
+"""Text/fusion encoder: embeddings, masks, bidirectional fusion layers, modes, memory lists, MLM head."""
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import XLMRobertaConfig, XLMRobertaModel
+
+from models.text_encoder import (TextEncoder, extended_cross_attention_mask, extended_self_attention_mask,
+                                 layer_selection, load_text_config)
+
+HIDDEN, LAYERS, FUSION, VOCAB = 32, 4, 2, 40
+
+
+def tiny_config(**overrides) -> XLMRobertaConfig:
+    values = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=40, type_vocab_size=1, pad_token_id=1,
+                  layer_norm_eps=1e-5, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    values.update(overrides)
+    return XLMRobertaConfig(**values)
+
+
+def make_encoder(attn="sdpa", seed=0, **kwargs) -> TextEncoder:
+    torch.manual_seed(seed)
+    return TextEncoder(tiny_config(), fusion_layer=FUSION, attn_implementation=attn, **kwargs).eval()
+
+
+def random_ids(batch=3, length=7, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (batch, length), generator=g)
+    ids[:, 0] = 0
+    return ids
+
+
+def test_embeddings_use_positions_from_zero_and_token_type_zero():
+    enc = make_encoder()
+    emb = enc.bert.embeddings
+    ids = random_ids()
+    assert emb.position_embeddings.padding_idx is None
+    L = ids.shape[1]
+    expected = emb.word_embeddings.weight[ids] + emb.token_type_embeddings.weight[0] + \
+        emb.position_embeddings.weight[:L]
+    expected = F.layer_norm(expected, (HIDDEN,), emb.LayerNorm.weight, emb.LayerNorm.bias, 1e-5)
+    torch.testing.assert_close(emb(input_ids=ids), expected)
+
+
+def test_text_mode_equals_huggingface_xlmr_given_bert_positions():
+    enc = make_encoder()
+    hf = XLMRobertaModel(tiny_config(num_hidden_layers=FUSION), add_pooling_layer=False).eval()
+    text_part = {k[len("bert."):]: v for k, v in enc.state_dict().items()
+                 if k.startswith("bert.") and not any(f"layer.{i}." in k for i in range(FUSION, LAYERS))}
+    hf.load_state_dict(text_part, strict=True)
+    ids = random_ids()
+    atts = torch.ones_like(ids)
+    atts[1, 5:] = 0
+    ids[1, 5:] = 1
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    expected = hf(input_ids=ids, attention_mask=atts, position_ids=positions).last_hidden_state
+    ours = enc(ids, atts, mode="text")
+    torch.testing.assert_close(ours[atts.bool()], expected[atts.bool()], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("mode", ["text", "multi_modal"])
+def test_attention_is_bidirectional_without_padding(attn, mode):
+    """Changing the last token must change the first token's state: no causal mask anywhere."""
+    enc = make_encoder(attn)
+    ids = random_ids()
+    changed = ids.clone()
+    changed[:, -1] = (ids[:, -1] + 1) % VOCAB
+    memory = torch.randn(3, 5, HIDDEN)
+    kwargs = dict(encoder_hidden_states=memory) if mode == "multi_modal" else {}
+    out = enc(ids, torch.ones_like(ids), mode=mode, **kwargs)
+    out_changed = enc(changed, torch.ones_like(ids), mode=mode, **kwargs)
+    assert (out[:, 0] - out_changed[:, 0]).abs().max() > 1e-4
+
+
+def test_fusion_layers_are_not_causal_flagged():
+    enc = make_encoder()
+    for layer in enc.bert.encoder.layer[FUSION:]:
+        assert layer.attention.self.is_causal is False
+        assert layer.crossattention.self.is_causal is False
+    for layer in enc.bert.encoder.layer[:FUSION]:
+        assert not hasattr(layer, "crossattention")
+
+
+def test_padded_keys_are_ignored():
+    enc = make_encoder()
+    ids = random_ids(batch=1, length=6)
+    padded = torch.cat([ids, torch.ones(1, 3, dtype=torch.long)], dim=1)
+    atts = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], dim=1).long()
+    short = enc(ids, torch.ones_like(ids), mode="text")
+    long = enc(padded, atts, mode="text")
+    torch.testing.assert_close(long[:, :6], short, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_memory_tokens_are_ignored():
+    enc = make_encoder()
+    ids = random_ids()
+    memory = torch.randn(3, 6, HIDDEN)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]] * 3)
+    other = memory.clone()
+    other[:, 4:] = torch.randn(3, 2, HIDDEN) * 10
+    a = enc(ids, None, encoder_hidden_states=memory, encoder_attention_mask=mask)
+    b = enc(ids, None, encoder_hidden_states=other, encoder_attention_mask=mask)
+    torch.testing.assert_close(a, b)
+
+
+def test_mask_values_match_the_reference():
+    mask = torch.tensor([[1, 0]])
+    assert extended_self_attention_mask(mask, torch.float32).flatten().tolist() == [0.0, -10000.0]
+    assert extended_cross_attention_mask(mask, torch.float32).flatten().tolist() == [0.0, -1e9]
+    assert extended_cross_attention_mask(None, torch.float32) is None
+
+
+def test_multi_modal_equals_text_then_fusion():
+    enc = make_encoder()
+    ids, memory = random_ids(), torch.randn(3, 5, HIDDEN)
+    atts = torch.ones_like(ids)
+    full = enc(ids, atts, encoder_hidden_states=memory, mode="multi_modal")
+    text = enc(ids, atts, mode="text")
+    fused = enc(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=memory, mode="fusion")
+    torch.testing.assert_close(full, fused)
+
+
+def test_memory_list_alternates_over_fusion_layers():
+    enc = make_encoder()
+    ids, atts = random_ids(), torch.ones(3, 7, dtype=torch.long)
+    m0, m1 = torch.randn(3, 5, HIDDEN), torch.randn(3, 4, HIDDEN)
+    text = enc(ids, atts, mode="text")
+    single = enc(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=m0, mode="fusion")
+    same_twice = enc(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=[m0, m0], mode="fusion")
+    torch.testing.assert_close(single, same_twice)
+    # Layer 2 sees m0, layer 3 sees m1.
+    hidden = text
+    self_mask = extended_self_attention_mask(atts, hidden.dtype)
+    for layer, memory in zip(enc.bert.encoder.layer[FUSION:], (m0, m1)):
+        hidden = layer(hidden, self_mask, memory)
+    pair = enc(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=[m0, m1], mode="fusion")
+    torch.testing.assert_close(pair, hidden)
+    assert (pair - single).abs().max() > 1e-4
+
+
+def test_sdpa_and_eager_agree():
+    ids, memory = random_ids(), torch.randn(3, 5, HIDDEN)
+    atts = torch.ones_like(ids)
+    atts[2, 4:] = 0
+    mem_mask = torch.tensor([[1, 1, 1, 0, 0]] * 3)
+    outs = [make_encoder(attn)(ids, atts, encoder_hidden_states=memory, encoder_attention_mask=mem_mask)
+            for attn in ("sdpa", "eager")]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_mlm_head_is_tied_and_gathers_masked_positions():
+    enc = make_encoder()
+    pred = enc.cls.predictions
+    assert pred.decoder.weight is enc.bert.embeddings.word_embeddings.weight
+    assert pred.decoder.bias is pred.bias
+    hidden = torch.randn(2, 7, HIDDEN)
+    masked_pos = torch.tensor([[3, 1], [0, 6]])
+    logits = enc.mlm_logits(hidden, masked_pos)
+    assert logits.shape == (2, 2, VOCAB)
+    transformed = pred.transform(hidden)
+    expected = transformed @ enc.bert.embeddings.word_embeddings.weight.t() + pred.bias
+    torch.testing.assert_close(logits[1, 1], expected[1, 6])
+    torch.testing.assert_close(logits[0, 0], expected[0, 3])
+
+
+def test_encoder_width_changes_cross_attention_inputs():
+    torch.manual_seed(0)
+    enc = TextEncoder(tiny_config(), fusion_layer=FUSION, encoder_width=24).eval()
+    assert enc.bert.encoder.layer[FUSION].crossattention.self.key.in_features == 24
+    out = enc(random_ids(), None, encoder_hidden_states=torch.randn(3, 5, 24))
+    assert out.shape == (3, 7, HIDDEN)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    ids, memory = random_ids(), torch.randn(3, 5, HIDDEN)
+    grads = []
+    for enable in (False, True):
+        enc = make_encoder().train()
+        enc.set_grad_checkpointing(enable)
+        calls = []
+        layer = enc.bert.encoder.layer[0]
+        recompute = layer._gradient_checkpointing_func if enable else None
+        if enable:
+            layer._gradient_checkpointing_func = lambda *a, **k: calls.append(1) or recompute(*a, **k)
+        torch.manual_seed(5)  # same dropout masks in both runs
+        enc(ids, None, encoder_hidden_states=memory).sum().backward()
+        grads.append(layer.attention.self.query.weight.grad)
+        assert len(calls) == int(enable)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bad_arguments_raise_clear_errors():
+    enc = make_encoder()
+    with pytest.raises(ValueError, match="mode"):
+        enc(random_ids(), mode="image")
+    with pytest.raises(ValueError, match="encoder_embeds"):
+        enc(mode="fusion")
+    with pytest.raises(ValueError, match="attn_implementation"):
+        TextEncoder(tiny_config(), attn_implementation="flash")
+
+
+def test_layer_selection_follows_the_reference():
+    assert layer_selection(24, 12) == {1: 0, 3: 1, 5: 2, 7: 3, 9: 4, 11: 5, 13: 6, 15: 7, 17: 8, 19: 9, 21: 10, 23: 11}
+    assert layer_selection(12, 12) == {i: i for i in range(12)}
+    with pytest.raises(ValueError, match="cannot select"):
+        layer_selection(24, 6)
+
+
+def test_load_text_config_reports_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_text_config(tmp_path)
+    tiny_config().save_pretrained(tmp_path)
+    assert load_text_config(tmp_path, num_hidden_layers=2).num_hidden_layers == 2
