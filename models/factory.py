@@ -9,6 +9,10 @@ from torch import nn
 # name -> "module:Class"; classes take (config: dict, root=None, **kwargs). Imported only when asked for.
 MODELS: dict[str, str] = {
     "cclm_pretrain": "models.cclm:CCLMPretrain",
+    "cclm_retrieval": "models.retrieval:CCLMRetrieval",
+    "cclm_classification": "models.classification:CCLMClassification",
+    "cclm_nlvr": "models.nlvr:CCLMNLVR",
+    "cclm_vqa": "models.vqa:CCLMVQA",
 }
 
 

@@ -1,0 +1,51 @@
+"""Single-image classification model (XVNLI): the fused CLS of (image, hypothesis) through an MLP head.
+
+The hypothesis runs through all text layers; the fusion layers cross-attend to the image tokens. ``cls_head`` is
+build_mlp(width, num_labels) (config ``num_labels``, 3 for XVNLI) and is the only newly initialised part.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from models.cclm import CCLMBase
+from models.factory import register_model
+from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
+from models.heads import build_mlp
+
+
+class CCLMClassification(CCLMBase):
+    """Swin + 12-layer text/fusion encoder + ``cls_head`` on the fused CLS."""
+
+    task = "classification"
+
+    def __init__(self, config: dict, root: str | Path | None = None):
+        super().__init__(config, root)
+        num_labels = self.config.get("num_labels", 3)
+        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
+            raise ValueError(f"model config: num_labels must be an integer >= 2, got {num_labels!r}")
+        self.build_vision()
+        self.build_text(with_mlm_head=False)
+        self.cls_head = build_mlp(self.text_width, num_labels)
+        self.init_params = ["cls_head." + n for n, _ in self.cls_head.named_parameters()]
+
+    def load_pretrained(self, checkpoint: str | Path | dict, is_eval: bool = False,
+                        strict: bool = False) -> TaskLoadReport:
+        """Load a CCLM pre-training checkpoint (reference rules) or a fine-tuned one; every key change is reported."""
+        return load_task_checkpoint(self, checkpoint, self.task, is_eval=is_eval, strict=strict)
+
+    def logits(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
+        """Class logits (B x num_labels)."""
+        image_embeds, image_atts = self.get_vision_embeds(image)
+        fused = self.get_cross_embeds(image_embeds, image_atts, text_ids=text_ids, text_atts=text_atts)
+        return self.cls_head(fused[:, 0])
+
+    def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor,
+                targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{'loss_cls': cross-entropy of the logits against ``targets``}."""
+        return {"loss_cls": F.cross_entropy(self.logits(image, text_ids, text_atts), targets)}
+
+
+register_model("cclm_classification", "models.classification:CCLMClassification")

@@ -1,0 +1,418 @@
+"""Checkpoint conversion for the fine-tuning models: pure state-dict filters plus one loader that uses them.
+
+Three layouts meet here (every key below is relative to the full model):
+- the reference PRE-TRAINING layout (``CrossViewLM``): official Swin keys with their buffers, ``text_encoder.bert.*``,
+  ``text_encoder.cls.*`` (MLM head), ``text_proj``, ``vision_proj``, ``temp``, ``itm_head``, ``bbox_head``;
+- the reference FINE-TUNING layouts (released task checkpoints): official Swin keys with buffers, a bare encoder
+  ``text_encoder.{embeddings,encoder}.*`` and the task's heads (VQA adds ``text_decoder.{bert,cls}.*``; NLVR has 18
+  text layers);
+- OURS: timm Swin keys without buffers, ``text_encoder.bert.*`` (our ``TextEncoder``, no MLM head), no position-id
+  buffers, the same head names as the reference.
+
+``pretrain_to_task_reference`` applies the reference's fine-tuning load rules (spec-model-pretrain 2.2): it turns a
+pre-training state dict into the task's reference layout. ``task_reference_to_ours`` / ``ours_to_task_reference``
+only rename between the reference task layout and ours. ``convert_for_task`` detects the layout of any input (our own
+pre-training and task checkpoints included: they are first brought to the reference layout) and chains the right
+steps. Every key that is removed on purpose is listed, with the reason, in a ``ConversionReport``;
+nothing disappears silently.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.checkpoint import (LoadReport, load_reference_checkpoint, load_state_dict_reporting, ours_to_reference,
+                               strip_prefixes)
+from models.vision import (interpolate_relative_position_bias_table, is_reference_layout, swin_ours_to_reference,
+                           swin_reference_to_ours)
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("retrieval", "classification", "nlvr", "vqa")
+# Top-level modules of each task model (identical names in the reference task layout and in ours).
+TASK_MODULES = {
+    "retrieval": ("vision_encoder", "text_encoder", "vision_proj", "text_proj", "temp", "itm_head"),
+    "classification": ("vision_encoder", "text_encoder", "cls_head"),
+    "nlvr": ("vision_encoder", "text_encoder", "cls_head"),
+    "vqa": ("vision_encoder", "text_encoder", "text_decoder"),
+}
+# Heads that no pre-trained checkpoint provides: they start from random init (the reference's init_params).
+NEW_HEADS = {"retrieval": (), "classification": ("cls_head.",), "nlvr": ("cls_head.",), "vqa": ()}
+
+VISION = "vision_encoder."
+SWIN_BUFFERS = ("relative_position_index", "attn_mask")
+TABLE_SUFFIX = "attn.relative_position_bias_table"
+TEXT_ENCODER_BARE = ("text_encoder.embeddings.", "text_encoder.encoder.")
+POSITION_IDS = ("text_encoder.embeddings.position_ids", "text_decoder.bert.embeddings.position_ids")
+# our position table -> the reference's position-id buffer next to it
+OUR_POSITION_TABLES = {
+    "text_encoder.bert.embeddings.position_embeddings.weight": "text_encoder.embeddings.position_ids",
+    "text_decoder.bert.embeddings.position_embeddings.weight": "text_decoder.bert.embeddings.position_ids",
+}
+_ENCODER_LAYER = re.compile(r"^text_encoder\.encoder\.layer\.(\d+)\.(.*)$")
+_PRETRAIN_LAYER = re.compile(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.(.*)$")
+
+# Why a reference pre-training module is not carried into a task model.
+_DROP_REASONS = {
+    "text_encoder.cls.": "the MLM head of pre-training; the task model has a bare encoder",
+    "bbox_head.": "the box head of pre-training; no task model uses it",
+    "itm_head.": "the matching head of pre-training; only retrieval uses it",
+    "text_proj.": "a contrastive projection; only retrieval uses it",
+    "vision_proj.": "a contrastive projection; only retrieval uses it",
+    "temp": "the contrastive temperature; only retrieval uses it",
+    "ta_head.": "the NLVR domain pre-training head (left/right/none); the NLVR model has cls_head instead",
+}
+
+
+@dataclass
+class ConversionReport:
+    """Keys removed on purpose by a conversion, each with the reason."""
+
+    dropped: dict[str, str] = field(default_factory=dict)
+
+    def drop(self, key: str, reason: str) -> None:
+        self.dropped[key] = reason
+
+    def merge(self, other: "ConversionReport") -> "ConversionReport":
+        self.dropped.update(other.dropped)
+        return self
+
+
+@dataclass
+class TaskLoadReport(LoadReport):
+    """A load report that also names the keys dropped on purpose and the heads left at random init."""
+
+    dropped: dict[str, str] = field(default_factory=dict)
+    initialised: list[str] = field(default_factory=list)
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown fine-tuning task {task!r}; expected one of {TASKS}")
+
+
+# --------------------------------------------------------------------------------------------- layout detection
+
+def detect_layout(state_dict: dict) -> str:
+    """'reference_pretrain', 'reference_finetune', 'ours_pretrain' or 'ours_finetune', from the Swin key layout, the
+    text encoder names and (for ours) the MLM head, which only a pre-training model has."""
+    keys = list(state_dict)
+    vision = {k[len(VISION):]: None for k in keys if k.startswith(VISION)}
+    has_bert = any(k.startswith("text_encoder.bert.") for k in keys)
+    has_bare = any(k.startswith(TEXT_ENCODER_BARE) for k in keys)
+    if has_bert and has_bare:
+        raise ValueError("checkpoint mixes 'text_encoder.bert.*' and bare 'text_encoder.{embeddings,encoder}.*' keys "
+                         f"(e.g. {next(k for k in keys if k.startswith('text_encoder.bert.'))!r} and "
+                         f"{next(k for k in keys if k.startswith(TEXT_ENCODER_BARE))!r})")
+    if not has_bert and not has_bare:
+        raise ValueError(f"checkpoint has no text encoder keys (text_encoder.*); first keys: {keys[:3]}")
+    reference_vision = is_reference_layout(vision) if vision else None
+    if has_bare:
+        if reference_vision is False:
+            raise ValueError("checkpoint has a bare reference text encoder but timm-layout Swin keys; "
+                             "it is neither a reference fine-tuning checkpoint nor ours")
+        return "reference_finetune"
+    if reference_vision is None:
+        raise ValueError("checkpoint with 'text_encoder.bert.*' keys but no vision_encoder.* keys: cannot tell a "
+                         "reference pre-training checkpoint from one of ours")
+    if reference_vision:
+        return "reference_pretrain"
+    return "ours_pretrain" if any(k.startswith("text_encoder.cls.") for k in keys) else "ours_finetune"
+
+
+# --------------------------------------------------------------------------------------------- reference rules
+
+def resize_bias_tables(state_dict: dict, window_size: int | None, report: ConversionReport) -> dict:
+    """Drop the Swin index / mask buffers (reported); interpolate every relative-position bias table to
+    (2w-1)^2 rows when ``window_size`` is given (a no-op at equal size)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(VISION) and key.split(".")[-1] in SWIN_BUFFERS:
+            report.drop(key, "Swin buffer, recomputed by the model")
+            continue
+        if window_size and key.startswith(VISION) and key.endswith(TABLE_SUFFIX):
+            value = interpolate_relative_position_bias_table(value, (2 * window_size - 1) ** 2)
+        out[key] = value
+    return out
+
+
+def strip_bert(state_dict: dict, also_roberta: bool = False) -> dict:
+    """``text_encoder.bert.X`` -> ``text_encoder.X`` (the reference's bare-encoder rename); NLVR also strips
+    'roberta.'."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("text_encoder."):
+            if also_roberta:  # first: 'roberta.' contains 'bert.'
+                key = key.replace("roberta.", "", 1)
+            key = key.replace("bert.", "", 1)
+        out[key] = value
+    return out
+
+
+def _layer_indices(state_dict: dict, pattern: re.Pattern) -> list[int]:
+    return sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
+
+
+def _cross_attention_start(state_dict: dict, pattern: re.Pattern) -> int:
+    layers = sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k)) and
+                     m.group(2).startswith("crossattention.")})
+    if not layers:
+        raise ValueError("no text layer has crossattention.* keys: cannot find the fusion layers of this checkpoint")
+    return layers[0]
+
+
+def duplicate_fusion_layers(state_dict: dict) -> dict:
+    """NLVR: bare-encoder layers k < fusion stay; each fusion layer k becomes layers f+2(k-f) and f+2(k-f)+1."""
+    fusion = _cross_attention_start(state_dict, _ENCODER_LAYER)
+    out = {}
+    for key, value in state_dict.items():
+        m = _ENCODER_LAYER.match(key)
+        if m is None or int(m.group(1)) < fusion:
+            out[key] = value
+            continue
+        first = fusion + 2 * (int(m.group(1)) - fusion)
+        for target in (first, first + 1):
+            out[f"text_encoder.encoder.layer.{target}.{m.group(2)}"] = value
+    return out
+
+
+def _nlvr_layers(state_dict: dict, num_fusion_pairs: int | None) -> dict:
+    """Duplicate the fusion layers of a 12-layer encoder; leave an already two-image (18-layer) encoder as it is."""
+    layers = _layer_indices(state_dict, _ENCODER_LAYER)
+    if not layers:
+        return state_dict
+    fusion = _cross_attention_start(state_dict, _ENCODER_LAYER)
+    num_fusion = layers[-1] + 1 - fusion
+    if num_fusion_pairs is None or num_fusion == num_fusion_pairs:
+        return duplicate_fusion_layers(state_dict)
+    if num_fusion == 2 * num_fusion_pairs:
+        return state_dict  # already the NLVR layout (a domain-pretrained or fine-tuned NLVR checkpoint)
+    raise ValueError(f"NLVR conversion: the checkpoint has {num_fusion} fusion layers (from layer {fusion}); the "
+                     f"model needs {num_fusion_pairs} pairs, i.e. {num_fusion_pairs} layers to duplicate or "
+                     f"{2 * num_fusion_pairs} already paired")
+
+
+def decoder_from_fusion_layers(state_dict: dict, num_dec_layers: int) -> dict:
+    """VQA: encoder keys lose 'bert.'; the decoder gets copies of the embeddings, fusion layers (renumbered from 0)
+    and the MLM head. Pre-training keys ``text_encoder.bert.*`` / ``text_encoder.cls.*`` are the input."""
+    if not any(k.startswith("text_encoder.bert.") for k in state_dict):
+        raise ValueError("VQA conversion needs the pre-training layout (text_encoder.bert.* keys)")
+    fusion = _cross_attention_start(state_dict, _PRETRAIN_LAYER)
+    layers = _layer_indices(state_dict, _PRETRAIN_LAYER)
+    num_fusion = layers[-1] + 1 - fusion
+    if num_fusion != num_dec_layers:
+        raise ValueError(f"VQA conversion: the decoder has {num_dec_layers} layers but the checkpoint has "
+                         f"{num_fusion} fusion layers (layers {fusion}..{layers[-1]}); they must be equal")
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("text_encoder.bert."):
+            out["text_encoder." + key[len("text_encoder.bert."):]] = value
+            m = _PRETRAIN_LAYER.match(key)
+            if m is None:
+                out["text_decoder." + key[len("text_encoder."):]] = value
+            elif int(m.group(1)) >= fusion:
+                out[f"text_decoder.bert.encoder.layer.{int(m.group(1)) - fusion}.{m.group(2)}"] = value
+        elif key.startswith("text_encoder.cls."):
+            out["text_decoder." + key[len("text_encoder."):]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def drop_foreign_modules(state_dict: dict, task: str, report: ConversionReport) -> dict:
+    """Remove (and report) the top-level modules the task model does not have."""
+    keep = TASK_MODULES[task]
+    out = {}
+    for key, value in state_dict.items():
+        if key.split(".", 1)[0] in keep:
+            out[key] = value
+            continue
+        reason = next((why for prefix, why in _DROP_REASONS.items() if key == prefix or key.startswith(prefix)),
+                      f"module {key.split('.', 1)[0]!r} is not part of the {task} model")
+        report.drop(key, reason)
+    for key in [k for k in out if k.startswith("text_encoder.cls.")]:
+        report.drop(key, _DROP_REASONS["text_encoder.cls."])
+        del out[key]
+    return out
+
+
+def pretrain_to_task_reference(state_dict: dict, task: str, window_size: int | None = None,
+                               num_fusion_pairs: int | None = None, num_dec_layers: int | None = None
+                               ) -> tuple[dict, ConversionReport]:
+    """Reference pre-training state dict -> the task's reference layout, by the reference's fine-tuning load rules.
+
+    Bias tables are interpolated to ``window_size`` (None: left as they are) and Swin buffers dropped; the text
+    keys are renamed per task (bare encoder; NLVR fusion layers duplicated; VQA decoder copied from the fusion
+    layers); modules the task lacks are dropped. All drops are in the report.
+    """
+    _check_task(task)
+    report = ConversionReport()
+    state = strip_prefixes(state_dict)
+    state = resize_bias_tables(state, window_size, report)
+    if task in ("retrieval", "classification"):
+        state = strip_bert(state)
+    elif task == "nlvr":
+        state = _nlvr_layers(strip_bert(state, also_roberta=True), num_fusion_pairs)
+    else:
+        num_dec = num_dec_layers or _num_fusion_layers(state)
+        state = decoder_from_fusion_layers(state, num_dec)
+    return drop_foreign_modules(state, task, report), report
+
+
+def _num_fusion_layers(state_dict: dict) -> int:
+    layers = _layer_indices(state_dict, _PRETRAIN_LAYER)
+    return layers[-1] + 1 - _cross_attention_start(state_dict, _PRETRAIN_LAYER)
+
+
+# --------------------------------------------------------------------------------------------- reference task <-> ours
+
+def task_reference_to_ours(state_dict: dict, task: str, window_size: int | None = None
+                           ) -> tuple[dict, ConversionReport]:
+    """Reference fine-tuning layout -> ours: Swin keys to timm (buffers dropped, tables resized only when
+    ``window_size`` is given), ``text_encoder.X`` -> ``text_encoder.bert.X``, position-id buffers dropped."""
+    _check_task(task)
+    report = ConversionReport()
+    state = strip_prefixes(state_dict)
+    bad = next((k for k in state if k.startswith("text_encoder.bert.")), None)
+    if bad is not None:
+        raise ValueError(f"key {bad!r}: this is the pre-training layout; use pretrain_to_task_reference first")
+    vision = {k[len(VISION):]: v for k, v in state.items() if k.startswith(VISION)}
+    out = {}
+    for key, value in state.items():
+        if key.startswith(VISION):
+            if key.split(".")[-1] in SWIN_BUFFERS:
+                report.drop(key, "Swin buffer, recomputed by the model")
+            continue
+        if key in POSITION_IDS:
+            report.drop(key, "text position-id buffer, recomputed by the model (ids 0..L-1)")
+            continue
+        if key.startswith(TEXT_ENCODER_BARE):
+            key = "text_encoder.bert." + key[len("text_encoder."):]
+        out[key] = value
+    if vision:
+        converted = swin_reference_to_ours(vision, window_size=window_size)
+        out.update({VISION + k: v for k, v in converted.items()})
+    if task == "nlvr":
+        _warn_if_shared_kv_differ(out)
+    return out, report
+
+
+def ours_to_task_reference(state_dict: dict, task: str, model: nn.Module | None = None) -> dict:
+    """Our task-model keys -> the reference fine-tuning layout; with ``model``, its buffers are added as the
+    reference saves them (Swin index/mask, text position ids 0..P-1)."""
+    _check_task(task)
+    state = strip_prefixes(state_dict)
+    vision = {k[len(VISION):]: v for k, v in state.items() if k.startswith(VISION)}
+    out = {}
+    for key, value in state.items():
+        if key.startswith(VISION):
+            continue
+        if key.startswith("text_encoder.bert."):
+            key = "text_encoder." + key[len("text_encoder.bert."):]
+        elif key.startswith("text_encoder.cls."):
+            raise ValueError(f"key {key!r}: a fine-tuning text encoder has no MLM head")
+        out[key] = value
+    if vision:
+        encoder = getattr(model, "vision_encoder", None) if model is not None else None
+        out.update({VISION + k: v for k, v in swin_ours_to_reference(vision, encoder=encoder).items()})
+    if model is not None:
+        for table, ids in OUR_POSITION_TABLES.items():
+            if table in state:
+                rows = state[table].shape[0]
+                out[ids] = torch.arange(rows, device=state[table].device).unsqueeze(0)
+    return out
+
+
+def _warn_if_shared_kv_differ(state_dict: dict) -> None:
+    """NLVR pairs share cross-attention key/value: two different tensors in a file would load as the last one."""
+    pattern = re.compile(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.crossattention\.self\.(key|value)\.(.*)$")
+    by_name = {}
+    for key, value in state_dict.items():
+        m = pattern.match(key)
+        if m:
+            by_name[(int(m.group(1)), m.group(2), m.group(3))] = (key, value)
+    for (layer, proj, suffix), (key, value) in by_name.items():
+        partner = by_name.get((layer + 1, proj, suffix))
+        if partner is None or value.is_meta or partner[1].is_meta or layer % 2:
+            continue
+        if value.shape == partner[1].shape and not torch.equal(value, partner[1]):
+            logger.warning("NLVR checkpoint: %s and %s differ but the model shares them; the second one is kept",
+                           key, partner[0])
+
+
+# --------------------------------------------------------------------------------------------- any layout -> ours
+
+def convert_for_task(state_dict: dict, task: str, window_size: int | None = None, is_eval: bool = False,
+                     num_fusion_pairs: int | None = None, num_dec_layers: int | None = None
+                     ) -> tuple[dict, ConversionReport]:
+    """Any supported checkpoint -> our task-model keys.
+
+    - a pre-training checkpoint (the reference's, or ours, first brought to the reference layout): the reference's
+      fine-tuning rules (``is_eval`` must be False: the reference's eval load would leave the text encoder unloaded);
+    - a fine-tuned checkpoint (the reference's, or ours, first brought to the reference layout): renames only with
+      ``is_eval``; otherwise bias tables are also resized to ``window_size`` (and a 12-layer encoder gets NLVR's
+      duplicated fusion layers), as the reference's non-eval loader does.
+    Modules the task model does not have are dropped and reported in every case.
+    """
+    _check_task(task)
+    state = strip_prefixes(state_dict)
+    layout = detect_layout(state)
+    if layout.endswith("pretrain"):
+        if is_eval:
+            raise ValueError("is_eval=True with a pre-training checkpoint (text_encoder.bert.* keys and an MLM head): "
+                             "an eval load takes a fine-tuned checkpoint as it is; load pre-trained weights with "
+                             "is_eval=False")
+        if layout == "ours_pretrain":
+            state = ours_to_reference(state)
+        reference, report = pretrain_to_task_reference(state, task, window_size, num_fusion_pairs, num_dec_layers)
+        converted, renames = task_reference_to_ours(reference, task)
+        return converted, report.merge(renames)
+    if layout == "ours_finetune":
+        state = ours_to_task_reference(state, task)
+    if task == "nlvr" and not is_eval:
+        if num_fusion_pairs is None:
+            raise ValueError("NLVR from a fine-tuning-layout checkpoint: give num_fusion_pairs, so that a 12-layer "
+                             "encoder is told from an already paired one")
+        state = _nlvr_layers(state, num_fusion_pairs)
+    converted, report = task_reference_to_ours(state, task, window_size=None if is_eval else window_size)
+    return drop_foreign_modules(converted, task, report), report
+
+
+def load_task_checkpoint(model: nn.Module, checkpoint: str | Path | dict, task: str, is_eval: bool = False,
+                         strict: bool = False, num_fusion_pairs: int | None = None,
+                         num_dec_layers: int | None = None) -> TaskLoadReport:
+    """Load a checkpoint file or state dict into a task model; log and return every missing, unexpected,
+    dropped and newly initialised key by name (``strict`` raises on missing or unexpected ones)."""
+    what = "state dict" if isinstance(checkpoint, dict) else str(checkpoint)
+    state = checkpoint if isinstance(checkpoint, dict) else load_reference_checkpoint(checkpoint)
+    converted, conversion = convert_for_task(state, task, window_size=model.vision_encoder.window_size,
+                                             is_eval=is_eval, num_fusion_pairs=num_fusion_pairs,
+                                             num_dec_layers=num_dec_layers)
+    if not is_eval:
+        _fit_tables_to_model(converted, model)
+    new_heads = NEW_HEADS[task]
+    result = load_state_dict_reporting(model, converted, what=what, ignore_missing=new_heads or ())
+    initialised = sorted(k for k in model.state_dict() if new_heads and k.startswith(new_heads) and k not in converted)
+    for key, reason in conversion.dropped.items():
+        logger.info("loading %s: dropped %s (%s)", what, key, reason)
+    if initialised:
+        logger.info("loading %s: new task head, randomly initialised: %s", what, ", ".join(initialised))
+    if strict and (result.missing or result.unexpected):
+        raise KeyError(f"loading {what} into the {task} model: missing {result.missing}, "
+                       f"unexpected {result.unexpected}")
+    return TaskLoadReport(missing=result.missing, unexpected=result.unexpected, dropped=conversion.dropped,
+                          initialised=initialised)
+
+
+def _fit_tables_to_model(state_dict: dict, model: nn.Module) -> None:
+    """Swin stages smaller than the window use a smaller table: resize to the model's own shape where it differs."""
+    own = model.state_dict()
+    for key, value in list(state_dict.items()):
+        if key.endswith(TABLE_SUFFIX) and key in own and value.shape[0] != own[key].shape[0] \
+                and value.shape[1] == own[key].shape[1]:
+            state_dict[key] = interpolate_relative_position_bias_table(value, own[key].shape[0])
