@@ -114,7 +114,7 @@ class Trainer:
                  evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
                  primary_metric: str | None = None, init_params: Iterable[str] = (),
                  train_step: Callable[[StepContext, Any], None] = default_train_step,
-                 epochs: int | None = None):
+                 epochs: int | None = None, extra_state: Callable[[], Mapping] | None = None):
         self.config, self.env = config, env
         self.output_dir = Path(output_dir)
         run = config.get("run", {})
@@ -125,6 +125,10 @@ class Trainer:
         self.scaler = build_grad_scaler(self.precision, config, env.device)
         self.train_batches, self.evaluate_fn, self.primary_metric = train_batches, evaluate, primary_metric
         self.train_step = train_step
+        # Task state saved with every checkpoint (e.g. the pre-training streams' positions); after resume() the
+        # saved value is in self.resumed_extra.
+        self.extra_state = extra_state
+        self.resumed_extra: dict = {}
         self.epochs = int(epochs if epochs is not None else config["schedular"]["epochs"])
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.max_steps = run.get("max_steps")
@@ -140,6 +144,7 @@ class Trainer:
         self.state = TrainState()
         self.micro = 0
         self.meters = RunningMeans()
+        self.last_train_means: dict = {}
         self._ctx = StepContext(self)
         logger.info("precision %s, accumulation %d, clip %s, %d steps (%d per epoch x %d epochs%s)",
                     self.precision, self.accum, self.clip or "off", self.total_steps, self.steps_per_epoch,
@@ -189,7 +194,8 @@ class Trainer:
         return ckpt.training_state(self.raw_model, self.optimizer, self.scheduler, self.scaler,
                                    epoch=self.state.epoch, step=self.state.step,
                                    batches_in_epoch=self.state.batches_in_epoch, config=self.config,
-                                   best=self.state.best)
+                                   best=self.state.best,
+                                   extra=self.extra_state() if self.extra_state is not None else None)
 
     def save(self, is_best: bool = False, step_file: bool = False) -> None:
         if self.env.is_main:
@@ -211,6 +217,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(epoch=state["epoch"], step=state["step"],
                                 batches_in_epoch=state.get("batches_in_epoch", 0), best=state.get("best") or {})
+        self.resumed_extra = dict(state.get("extra") or {})
         ckpt.set_rng_state(state["rng"])
         logger.info("resumed from %s: epoch %d, step %d, %d batches into the epoch", path, self.state.epoch,
                     self.state.step, self.state.batches_in_epoch)
@@ -239,6 +246,7 @@ class Trainer:
     # ---------------------------------------------------------------- loop
     def _log_step(self, epoch: int) -> None:
         means = self.meters.means()
+        self.last_train_means = dict(means)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         record = {"step": self.state.step, "epoch": epoch, "lr": lrs[0], "lr_max": max(lrs), **means,
                   "seconds": self.meters.elapsed()}

@@ -54,14 +54,15 @@ def _format(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def results_markdown(per_language: Mapping[str, Mapping[str, float]], primary: str, title: str = "Results") -> str:
+def results_markdown(per_language: Mapping[str, Mapping[str, float]], primary: str, title: str = "Results",
+                     iglue: bool = True, note: str = "Values are percentages.", row_name: str = "language") -> str:
     """The markdown table: one row per language, then the IGLUE average row (if any non-English language)."""
     columns = _metric_columns(per_language)
-    lines = [f"# {title}", "", f"Primary metric: `{primary}`. Values are percentages.", "",
-             "| language | " + " | ".join(columns) + " |",
+    lines = [f"# {title}", "", f"Primary metric: `{primary}`. {note}".rstrip(), "",
+             f"| {row_name} | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
     rows = list(per_language.items())
-    average = iglue_average(per_language)
+    average = iglue_average(per_language) if iglue else {}
     if average:
         rows.append((IGLUE_AVG, average))
     for name, metrics in rows:
@@ -79,12 +80,14 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapping[str, float]], primary: str,
-                  extra: Mapping | None = None, title: str = "Results") -> dict:
+                  extra: Mapping | None = None, title: str = "Results", iglue: bool = True,
+                  note: str = "Values are percentages.", row_name: str = "language") -> dict:
     """Write ``results.json`` and ``results.md`` into ``output_dir`` and return the JSON payload.
 
     ``per_language``: {language: {metric: value}} in the order rows should appear; ``primary``: the metric the run is
     selected/reported on (must be present for at least one language); ``extra``: more JSON-serialisable facts
-    (task, epoch, checkpoint, protocol...) stored under ``"extra"``.
+    (task, epoch, checkpoint, protocol...) stored under ``"extra"``. ``iglue=False`` leaves out the IGLUE average
+    (runs whose rows are not languages, such as pre-training).
     """
     _check_numbers(per_language)
     if not any(primary in m for m in per_language.values()):
@@ -93,7 +96,7 @@ def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapp
     payload = {
         "primary": primary,
         "languages": {lang: dict(metrics) for lang, metrics in per_language.items()},
-        "iglue_avg": iglue_average(per_language),
+        "iglue_avg": iglue_average(per_language) if iglue else {},
         "iglue_avg_excludes": list(SOURCE_LANGUAGES),
         "extra": dict(extra or {}),
     }
@@ -104,5 +107,5 @@ def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapp
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(output_dir / "results.json", text)
-    _write_atomically(output_dir / "results.md", results_markdown(per_language, primary, title))
+    _write_atomically(output_dir / "results.md", results_markdown(per_language, primary, title, iglue, note, row_name))
     return payload

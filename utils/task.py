@@ -1,0 +1,89 @@
+"""Set-up steps the task scripts share: where the data is (a real folder or a generated synthetic world), the text
+encoder folder and tokenizer, starting weights, and the final results files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+from utils.dist import barrier, is_main_process
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("CCLM_CACHE", ROOT / "cache"))
+
+
+def _digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def resolve_data_root(config: dict) -> Path:
+    """The folder data paths are relative to.
+
+    With a ``synthetic:`` block, a synthetic world is generated (once, by rank 0, cached under ``cache/``) and
+    that folder is the root; otherwise ``data_root``, the environment variable ``CCLM_DATA``, or the working directory.
+    """
+    params = config.get("synthetic")
+    if params:
+        from dataset.synthetic import ensure_world
+
+        out = CACHE / "synthetic" / f"world-{_digest(params)}"
+        if is_main_process():
+            ensure_world(out, **params)
+        barrier()
+        return out
+    root = config.get("data_root") or os.environ.get("CCLM_DATA") or "."
+    return Path(root).expanduser().resolve()
+
+
+def prepare_text_encoder(config: dict, data_root: Path) -> str:
+    """The text encoder folder or hub id the model and tokenizer load from.
+
+    With ``text_config`` (a dict of XLM-R config values) a weightless folder is made: that config, with the vocabulary
+    size of the tokenizer found at ``text_encoder``, next to a copy of the tokenizer. Used by the tiny configs.
+    """
+    name = str(config["text_encoder"])
+    candidate = data_root / name
+    source = str(candidate) if candidate.exists() else name
+    text_config = config.get("text_config")
+    if not text_config:
+        return source
+    out = CACHE / "text-encoders" / f"{Path(source).name}-{_digest([source, text_config])}"
+    if is_main_process() and not (out / "config.json").is_file():
+        from transformers import XLMRobertaConfig
+
+        from dataset.tokenizer import check_xlmr_layout, load_tokenizer
+
+        tokenizer = load_tokenizer(source)
+        check_xlmr_layout(tokenizer, where=source)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tokenizer.save_pretrained(str(tmp))
+        values = {"vocab_size": len(tokenizer), "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+                  "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5, **text_config}
+        XLMRobertaConfig(**values).save_pretrained(str(tmp))
+        os.replace(tmp, out)
+    barrier()
+    return str(out)
+
+
+def load_starting_weights(model, config: Mapping) -> None:
+    """Load ``config['checkpoint']`` into the model through its ``load_pretrained`` (which reports key mismatches)."""
+    path = config.get("checkpoint")
+    if not path:
+        return
+    kwargs = {"is_eval": True} if config.get("evaluate") and _accepts(model.load_pretrained, "is_eval") else {}
+    report = model.load_pretrained(path, **kwargs)
+    logger.info("loaded %s: %s", path, report)
+
+
+def _accepts(fn, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
