@@ -20,7 +20,7 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     The folder loads offline with ``AutoTokenizer.from_pretrained(out_dir)``. ``vocab_size`` counts every id,
     specials and ``<mask>`` included. A small ``max_piece_length`` keeps short sentences from becoming single tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import XLMRobertaTokenizerFast
 
     texts = [t for t in texts if t and t.strip()]
@@ -29,7 +29,8 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     if vocab_size < len(SPECIALS) + 2:
         raise ValueError(f"train_tokenizer: vocab_size {vocab_size} is too small")
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
+    # No normaliser: transformers rebuilds the XLM-R pipeline without one when loading, so training with one would
+    # make the saved vocabulary disagree with what the loaded tokenizer sees (callers normalise their text instead).
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size - 1, special_tokens=SPECIALS, unk_token="<unk>",
