@@ -21,7 +21,7 @@ from dataset.shards import derived_seed
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
 from utils.cli import TaskSpec, setup_run
-from utils.dist import cleanup_distributed
+from utils.dist import all_gather_object, cleanup_distributed
 from utils.engine import StepContext, Trainer
 from utils.results import write_results
 from utils.task import load_starting_weights, prepare_text_encoder, resolve_data_root
@@ -37,30 +37,59 @@ LOSS_PREFIX = {"texts_para": "tt", "images": "mm_img", "regions": "mm", "images_
 
 
 class PretrainStreams:
-    """The endless per-source loaders, their positions (for resume), and the per-iteration choice of batches."""
+    """The per-source loaders, each an endless chain of passes over its files, and their resumable positions.
+
+    A position is (pass, batches consumed in that pass) per source and per rank (ranks read different byte ranges,
+    so their passes can end at different iterations). Checkpoints store every rank's positions; a resumed rank skips
+    at most one pass of raw lines.
+    """
 
     def __init__(self, config: dict, tokenizer, env, seed: int, root):
         self.config, self.tokenizer, self.env, self.seed, self.root = config, tokenizer, env, seed, root
         self.loaders: dict = {}
         self.iterators: dict[str, Iterator] = {}
-        self.positions: dict[str, list[int]] = {}  # name -> [start epoch, batches consumed since]
+        self.positions: dict[str, list[int]] = {}  # name -> [pass, batches consumed in it]
 
-    def start(self, positions: dict | None = None) -> None:
-        self.positions = {k: list(v) for k, v in (positions or {}).items()}
+    def start(self, saved: dict | None = None) -> None:
+        self.positions = self._own_positions(saved or {})
         self.loaders = build_pretrain_loaders(self.config, self.tokenizer, self.env.rank, self.env.world_size,
                                               self.seed, positions={k: tuple(v) for k, v in self.positions.items()},
-                                              root=self.root)
+                                              root=self.root, repeat=False)
         if "images" not in self.loaders:
             raise ValueError("pre-training config: train_file lists no image-text data")
         for name in self.loaders:
             self.positions.setdefault(name, [0, 0])
         self.iterators = {name: iter(loader) for name, loader in self.loaders.items()}
 
+    def _own_positions(self, saved: dict) -> dict[str, list[int]]:
+        per_rank = saved.get("positions_per_rank")
+        if not per_rank:
+            return {}
+        if len(per_rank) == self.env.world_size:
+            return {k: list(v) for k, v in per_rank[self.env.rank].items()}
+        # Another number of processes splits the data differently: continue at the start of the next pass.
+        next_pass = {name: max(p[name][0] for p in per_rank if name in p) + 1 for name in per_rank[0]}
+        logger.warning("resuming %d saved processes' data positions with %d processes: the data restarts at the "
+                       "next pass of each source (%s)", len(per_rank), self.env.world_size, next_pass)
+        return {name: [epoch, 0] for name, epoch in next_pass.items()}
+
     def state(self) -> dict:
-        return {"positions": {k: list(v) for k, v in self.positions.items()}}
+        """Every rank's positions (a collective call: all ranks must make it)."""
+        return {"positions_per_rank": all_gather_object({k: list(v) for k, v in self.positions.items()})}
 
     def next(self, name: str) -> dict:
-        batch = next(self.iterators[name])
+        try:
+            batch = next(self.iterators[name])
+        except StopIteration:  # this rank's pass is over: the next pass of the same files, in a new order
+            epoch = self.positions[name][0] + 1
+            self.positions[name] = [epoch, 0]
+            self.loaders[name].dataset.set_epoch(epoch)
+            self.iterators[name] = iter(self.loaders[name])
+            try:
+                batch = next(self.iterators[name])
+            except StopIteration:
+                raise ValueError(f"pre-training source {name!r} gave no batch in pass {epoch} on rank "
+                                 f"{self.env.rank}: too little data for {self.env.world_size} processes") from None
         self.positions[name][1] += 1
         return batch
 
@@ -116,7 +145,7 @@ def main(argv=None) -> dict:
                           train_step=pretrain_step, extra_state=streams.state)
         if config.get("resume"):
             trainer.resume(config["resume"])
-        streams.start(trainer.resumed_extra.get("positions"))
+        streams.start(trainer.resumed_extra)
         trainer.fit()
         rows = {"final": {**trainer.last_train_means, "steps": trainer.state.step}}
         if env.is_main:

@@ -190,16 +190,18 @@ class Trainer:
         return True
 
     # ---------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict:
+    def checkpoint_state(self, extra: Mapping | None = None) -> dict:
         return ckpt.training_state(self.raw_model, self.optimizer, self.scheduler, self.scaler,
                                    epoch=self.state.epoch, step=self.state.step,
                                    batches_in_epoch=self.state.batches_in_epoch, config=self.config,
                                    best=self.state.best,
-                                   extra=self.extra_state() if self.extra_state is not None else None)
+                                   extra=extra)
 
     def save(self, is_best: bool = False, step_file: bool = False) -> None:
+        # extra_state may gather from every rank, so every rank calls it; rank 0 writes.
+        extra = self.extra_state() if self.extra_state is not None else None
         if self.env.is_main:
-            path = ckpt.save_training_state(self.output_dir, self.checkpoint_state(), is_best=is_best,
+            path = ckpt.save_training_state(self.output_dir, self.checkpoint_state(extra), is_best=is_best,
                                             step_file=step_file)
             logger.info("saved %s%s (epoch %d, step %d)", path, " + best" if is_best else "", self.state.epoch,
                         self.state.step)
