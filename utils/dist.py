@@ -132,36 +132,24 @@ def all_gather_object(obj) -> list:
     return out
 
 
-class _GatherFullGrad(torch.autograd.Function):
-    """All-gather whose backward sums every rank's gradient for this rank's slice (the full-batch gradient)."""
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns this rank's slice of either the summed gradient of every rank
+    (``full``: the full-batch gradient) or of this rank's own loss alone (``local``: the reference CCLM behaviour)."""
 
     @staticmethod
-    def forward(ctx, tensor):
+    def forward(ctx, tensor, full: bool):
+        ctx.full = full
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        if ctx.full:
+            grad = grad.contiguous().clone()
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         rank, n = dist.get_rank(), grad.shape[0] // dist.get_world_size()
-        return grad[rank * n:(rank + 1) * n]
-
-
-class _GatherLocalGrad(torch.autograd.Function):
-    """All-gather whose backward keeps only this rank's own gradient for its slice (the reference CCLM behaviour)."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts, dim=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        rank, n = dist.get_rank(), grad.shape[0] // dist.get_world_size()
-        return grad[rank * n:(rank + 1) * n]
+        return grad[rank * n:(rank + 1) * n], None
 
 
 def all_gather_with_grad(tensor: torch.Tensor, mode: str = "full") -> torch.Tensor:
@@ -175,4 +163,4 @@ def all_gather_with_grad(tensor: torch.Tensor, mode: str = "full") -> torch.Tens
         raise ValueError(f"all_gather_with_grad: mode must be 'full' or 'local', got {mode!r}")
     if not is_dist() or get_world_size() == 1:
         return tensor
-    return (_GatherFullGrad if mode == "full" else _GatherLocalGrad).apply(tensor)
+    return _GatherWithGrad.apply(tensor, mode == "full")
