@@ -98,3 +98,35 @@ def test_shard_rows_cover_everything_once():
         for world in (1, 2, 3, 8):
             rows = [r for rank in range(world) for r in shard_rows(n, rank, world)]
             assert rows == list(range(n))
+
+
+class TableModel:
+    """Embeddings carry their item's index; the ITM logit of (image i, text t) is looked up in a hand-made table."""
+
+    def __init__(self, table):
+        self.table = torch.tensor(table, dtype=torch.float)
+
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
+        return self.table[image_embeds[:, 0, 0].long(), text_embeds[:, 0, 0].long()]
+
+
+def test_two_stage_on_a_hand_made_case():
+    """ITM re-orders the contrastive top-k; a ground truth outside the top-k is a miss at every K."""
+    sims = torch.tensor([[0.8, 0.9, 0.1],    # image 0: contrastive top-2 = texts 1, 0
+                         [0.1, 0.85, 0.5],   # image 1: texts 1, 2
+                         [0.7, 0.6, 0.2]])   # image 2: texts 0, 1 (its text 2 is not in the top-2)
+    itm = [[5.0, 1.0, 0.0],
+           [0.0, 3.0, 4.0],
+           [2.0, 1.0, 6.0]]
+    index = torch.arange(3, dtype=torch.float).view(3, 1, 1)
+    img = EncodedImages(index.clone(), torch.eye(3))
+    txt = EncodedTexts(index.clone(), torch.ones(3, 1, dtype=torch.long), sims.t().contiguous())
+    m = evaluate_retrieval(TableModel(itm), img, txt, [[0], [1], [2]], [0, 1, 2], k_test=2, ks=(1, 2, 3))
+    # image->text after ITM: image 0 -> [0, 1] (hit at 1), image 1 -> [2, 1] (hit at 2), image 2 -> miss
+    assert [m["txt_r1"], m["txt_r2"], m["txt_r3"]] == [100 / 3, 200 / 3, 200 / 3]
+    # text->image: text 0 -> images [0, 2], text 1 -> [0, 1] re-ranked to [1, 0], text 2 -> [1, 2] -> [2, 1]
+    assert [m["img_r1"], m["img_r2"], m["img_r3"]] == [100.0, 100.0, 100.0]
+    assert m["r_mean"] == (m["txt_r_mean"] + m["img_r_mean"]) / 2
+    # contrastive ranking alone (full lists): image ranks 1, 0, 2; text ranks 0, 1, 1
+    assert [m["itc_txt_r1"], m["itc_txt_r2"], m["itc_txt_r3"]] == [100 / 3, 200 / 3, 100.0]
+    assert [m["itc_img_r1"], m["itc_img_r2"], m["itc_img_r3"]] == [100 / 3, 100.0, 100.0]

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""xGQA (IGLUE): visual question answering by generating an answer, ranked over a fixed English answer list.
+
+Data: GQA/xGQA question files in either form (the LXMERT list of ``train.json``/``valid.json`` or the raw-GQA dict keyed
+by question id of every xGQA file); the candidate answers are ``trainval_ans2label.json`` in file order.
+Model: ``cclm_vqa`` (encoder + answer decoder, models/vqa.py). Training: teacher-forced ``<s> answer </s>``, summed
+token NLL. Prediction: ``predict_answers`` (the ``k_test`` answers with the likeliest first token, re-ranked by the
+whole answer's likelihood); the score is exact-match accuracy against ``answer`` (dict form) or the first ``label``
+key (list form); unanswered questions are not scored (the reference's scorer crashed on the dict form, spec 11 B9).
+Zero-shot: train on English GQA, choose the best epoch on GQA ``valid_file`` (as the reference), report the xGQA test
+sets of the few-shot split at that epoch (IGLUE protocol; ``test_languages`` null = whatever the data has).
+Few-shot (``--fewshot bn``): train on ``few_shot/<lang>/train_48.json``, evaluate and select on ``few_shot/<lang>/
+test.json`` (the reference's protocol: the test set is also the selection set, spec 11 B2).
+Run: ``python3 run.py --task gqa --dist 1 --checkpoint cclm.th`` (or this file under torchrun, or ``main(argv)``).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dataset.fewshot import resolve_fewshot
+from dataset.gqa import (GQAEvalDataset, GQATrainDataset, collate_gqa_eval, collate_gqa_train, read_answer_list,
+                         read_gqa_questions)
+from dataset.transforms import build_transform
+from utils.classification_task import (EvalSet, TaskData, UnderstandingTask, as_list, existing_file, gather_by_key,
+                                       language_files, run_understanding_task, tokenize)
+from utils.cli import TaskSpec
+from utils.engine import move_to_device
+from utils.metrics import vqa_exact_match
+
+SPEC = TaskSpec("gqa", "configs/gqa/gqa.yaml", "configs/base/gqa.yaml", bs_keys=("batch_size_train",),
+                fewshot_config="configs/gqa/gqa_fewshot.yaml")
+TRAIN_MAX_WORDS, EVAL_MAX_WORDS = 30, 50  # pre_question lengths of the reference
+
+
+class GQATrainCollate:
+    """Training items -> the VQA model's keyword batch (questions truncated at ``max_tokens``; answers are not)."""
+
+    def __init__(self, tokenizer, max_tokens: int):
+        self.tokenizer, self.max_tokens = tokenizer, max_tokens
+
+    def __call__(self, batch):
+        images, questions, answers, weights, counts = collate_gqa_train(batch)
+        question_ids, question_atts = tokenize(self.tokenizer, questions, self.max_tokens)
+        answer_ids, answer_atts = tokenize(self.tokenizer, answers)
+        return {"image": images, "question_ids": question_ids, "question_atts": question_atts,
+                "answer_ids": answer_ids, "answer_atts": answer_atts, "weights": weights, "answer_counts": counts}
+
+
+class GQAEvalCollate:
+    """Evaluation items -> images, questions (padded to the longest, not truncated) and their question ids."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch):
+        images, questions, question_ids = collate_gqa_eval(batch)
+        ids, atts = tokenize(self.tokenizer, questions)
+        return {"image": images, "question_ids": ids, "question_atts": atts, "question_id": question_ids}
+
+
+class AnswerRanking:
+    """Scores a loader: exact-match accuracy (%) of the top-ranked answer of the answer list."""
+
+    def __init__(self, answers: Sequence[str], tokenizer, k: int):
+        self.answers, self.k = list(answers), int(k)
+        self.answer_ids, self.answer_atts = tokenize(tokenizer, self.answers)
+
+    @torch.no_grad()
+    def predictions(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, str]:
+        """Question id -> predicted answer, over every process's shard."""
+        answer_ids, answer_atts = self.answer_ids.to(device), self.answer_atts.to(device)
+        pairs = []
+        for batch in loader:
+            batch = move_to_device(batch, device)
+            question_ids = batch.pop("question_id")
+            ranked, _ = model.predict_answers(**batch, answer_ids=answer_ids, answer_atts=answer_atts, k=self.k)
+            pairs += zip(question_ids, (self.answers[i] for i in ranked[:, 0].tolist()))
+        return gather_by_key(pairs)
+
+    def __call__(self, model: nn.Module, loader: DataLoader, device: torch.device) -> float:
+        return vqa_exact_match(self.predictions(model, loader, device), loader.dataset.references)
+
+
+def read_questions(root: Path, paths: Sequence[str | Path], key: str) -> tuple[list, list[Path]]:
+    """The questions of every file (either form), in order, and the files."""
+    files = [existing_file(root, p, key) for p in paths]
+    return [q for path in files for q in read_gqa_questions(path)], files
+
+
+def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
+    """English GQA train/valid and every xGQA test language, or the few-shot files of ``--fewshot <lang>``."""
+    res, image_root = int(config["image_res"]), Path(root) / config["vqa_root"]
+    test_transform = build_transform("test", res)
+    eval_collate = GQAEvalCollate(tokenizer)
+
+    def eval_set(paths, key):
+        questions, files = read_questions(root, paths, key)
+        return EvalSet(GQAEvalDataset(questions, image_root, test_transform, EVAL_MAX_WORDS), eval_collate,
+                       ", ".join(map(str, files)))
+
+    if config.get("fewshot"):
+        few = resolve_fewshot("gqa", config["fewshot"], root)
+        tests = {few.language: eval_set([few.eval_file], "test_file")}
+        selection, protocol, train_paths = few.language, f"few-shot {few.language},{few.shots}", [few.train_file]
+    else:
+        by_language = language_files(root, config["test_file"], config.get("test_languages"))
+        tests = {lang: eval_set([path], "test_file") for lang, path in by_language.items()}
+        selection = eval_set(as_list(config["valid_file"], "valid_file"), "valid_file")
+        protocol, train_paths = "zero-shot", as_list(config["train_file"], "train_file")
+    train = None
+    if not config.get("evaluate"):
+        questions, _ = read_questions(root, train_paths, "train_file")
+        train = GQATrainDataset(questions, image_root, build_transform("train_wohflip", res), TRAIN_MAX_WORDS)
+    answers = read_answer_list(existing_file(root, config["answer_list"], "answer_list"))
+    scored = {lang: sum(r is not None for r in s.dataset.references.values()) for lang, s in tests.items()}
+    return TaskData(tests=tests, selection=selection, train=train,
+                    train_collate=GQATrainCollate(tokenizer, int(config["max_tokens"])), protocol=protocol,
+                    facts={"answers": len(answers), "k_test": int(config["k_test"]), "scored_questions": scored},
+                    score=AnswerRanking(answers, tokenizer, int(config["k_test"])))
+
+
+TASK = UnderstandingTask(SPEC, "cclm_vqa", "xGQA exact-match accuracy", build_data,
+                         train_batch_key="batch_size_train", test_batch_key="batch_size_test")
+
+
+def main(argv=None) -> dict:
+    """Run xGQA with command-line flags ``argv``; returns the results payload."""
+    return run_understanding_task(TASK, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""WIT (IGLUE) image-text retrieval: fine-tune on English WIT, test ar/bg/da/el/en/et/id/ja/ko/tr/vi.
+
+Data: IGLUE WIT jsonl with the image as base64 ``image_content`` (``data/wit/annotations-bs64``, CCLM's layout).
+When those files are missing and ``wit_preproc`` is set, rank 0 first joins the IGLUE annotations with the Kaggle
+pixel files (``dataset.convert.join_wit_images``; IGLUE's zipped ``train_en.jsonl.zip`` is read from its zip), as the
+reference's ``wit_preproc`` did; records whose image is in no pixel file are dropped (so test sizes can shrink).
+Captions of one image (grouped by ``image_url``) are positives in training and share their image in evaluation.
+Evaluated from ``start_eval`` (3) on; the best epoch is chosen on English validation r_mean (``val_en``).
+
+Few-shot (our extension; the reference and IGLUE have none, because IGLUE ships no non-English WIT training data):
+``--fewshot <lang>,<N>`` fine-tunes on every caption of the first N images of ``test_<lang>`` and evaluates on the
+other images of that file only, reporting the last evaluated epoch. Its numbers are on a smaller test set than the
+zero-shot ones and are not IGLUE numbers.
+Run: ``python3 run.py --task wit --dist 1 --checkpoint cclm_4m.th --output_dir out/wit``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+from dataset.convert import join_wit_images
+from dataset.fewshot import parse_fewshot
+from dataset.retrieval import RetrievalEvalDataset, RetrievalTrainDataset, limit_images, read_wit_eval, read_wit_train
+from dataset.transforms import build_transform
+from utils.cli import TaskSpec
+from utils.config import ConfigError
+from utils.retrieval_task import (RetrievalData, RetrievalTask, Selection, image_roots, language_files,
+                                  load_standard_data, run_retrieval_task, subset_eval_data)
+
+logger = logging.getLogger("wit")
+
+SPEC = TaskSpec("wit", "configs/wit/wit.yaml", "configs/base/retrieval.yaml", bs_keys=("batch_size_train",))
+PIXEL_SUFFIXES = (".csv", ".csv.gz")
+
+
+def _pixel_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"wit_preproc: pixel folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(PIXEL_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"wit_preproc: no {' or '.join(PIXEL_SUFFIXES)} file in {folder}")
+    return files
+
+
+def _pending_annotation_files(folder: Path, out_dir: Path, scratch: Path) -> list[Path]:
+    """The ``*.jsonl`` files of the IGLUE folder (or only shipped as ``*.jsonl.zip``: extracted to ``scratch``) that
+    have no counterpart in ``out_dir`` yet."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"wit_preproc: annotation folder {folder} does not exist")
+    plain = sorted(folder.glob("*.jsonl"))
+    have = {p.name for p in plain}
+    files = [p for p in plain if not (out_dir / p.name).exists()]
+    for archive in sorted(folder.glob("*.jsonl.zip")):
+        name = archive.name[:-len(".zip")]
+        if name in have or (out_dir / name).exists():
+            continue
+        with zipfile.ZipFile(archive) as zf:
+            member = next((m for m in zf.namelist() if Path(m).name == name), None)
+            if member is None:
+                raise FileNotFoundError(f"wit_preproc: {archive} holds no {name}")
+            scratch.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(scratch / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        files.append(scratch / name)
+    return files
+
+
+def prepare_wit(config: dict, root: Path) -> None:
+    """Join every IGLUE WIT annotation file without a base64 counterpart in ``wit_preproc.out_dir`` (rank 0 only)."""
+    block = config.get("wit_preproc")
+    if not block:
+        return
+    missing = set(block) ^ {"annotations", "train_pixels", "test_pixels", "out_dir"}
+    if missing:
+        raise ConfigError(f"config 'wit_preproc' needs exactly annotations, train_pixels, test_pixels, out_dir; "
+                          f"differs in {sorted(missing)}")
+    out_dir = root / str(block["out_dir"])
+    scratch = out_dir / f".tmp-{os.getpid()}"  # private: files appear in out_dir only when complete
+    pending = _pending_annotation_files(root / str(block["annotations"]), out_dir, scratch)
+    for group, key in (("test", "test_pixels"), ("train", "train_pixels")):
+        files = [p for p in pending if ("test" in p.name) == (group == "test")]
+        if not files:
+            continue
+        logger.info("wit_preproc: joining %s with the pixels in %s", ", ".join(p.name for p in files), block[key])
+        summary = join_wit_images(files, _pixel_files(root / str(block[key])), scratch / "joined")
+        for name, (written, dropped) in summary.items():
+            os.replace(scratch / "joined" / name, out_dir / name)
+            logger.info("wit_preproc: %s: %d records, %d without an image dropped", name, written, dropped)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def load_fewshot_wit(config: dict, root: Path) -> RetrievalData:
+    """Our WIT few-shot split: the first N images of ``test_<lang>`` train, the rest of that file is evaluated."""
+    lang, shots = parse_fewshot(config["fewshot"], shots_required=True)
+    if "x" in shots or int(shots) < 1:
+        raise ConfigError(f"--fewshot {config['fewshot']!r}: for WIT, N is a number of images (e.g. {lang},10)")
+    path = language_files(config.get("test_file"), [lang], root, "test_file")[lang]
+    roots = image_roots(config.get("image_root"), root)
+    max_words, res = int(config["max_words"]), int(config["image_res"])
+    pairs = limit_images(read_wit_train(path, roots.wit, max_words), int(shots))
+    first_image: dict = {}
+    for pair in pairs:
+        first_image.setdefault(pair.image_key, pair.image)
+    first_refs = list(first_image.values())
+    full = read_wit_eval(path, roots.wit, max_words)
+    n = len(first_refs)
+    if n >= len(full.images):
+        raise ConfigError(f"--fewshot {config['fewshot']!r}: {path} has only {len(full.images)} images; "
+                          "N must leave some to evaluate")
+    if full.images[:n] != first_refs:
+        raise AssertionError(f"{path}: the few-shot images are not the first {n} images of the evaluation set")
+    train = None if config.get("evaluate") else RetrievalTrainDataset(pairs, build_transform("train", res))
+    test = {lang: RetrievalEvalDataset(subset_eval_data(full, range(n, len(full.images))),
+                                       build_transform("test", res), lang)}
+    logger.info("WIT few-shot %s: training on %d captions of %d images, testing on the other %d images of %s",
+                lang, len(pairs), n, len(full.images) - n, path)
+    selection = Selection("last", note="our WIT few-shot split has no validation set")
+    return RetrievalData(train, {}, test, selection, f"few-shot {config['fewshot']} (split of test_{lang})",
+                         {"train_files": [str(path)], "shots": shots, "fewshot_images": n,
+                          "fewshot_test_images": len(full.images) - n})
+
+
+def load_data(config: dict, root: Path) -> RetrievalData:
+    """English WIT training / validation and every test language, or our few-shot split."""
+    if config.get("fewshot"):
+        return load_fewshot_wit(config, root)
+    return load_standard_data("wit", config, root)
+
+
+TASK = RetrievalTask(SPEC, "WIT retrieval", load_data, prepare_data=prepare_wit)
+
+
+def main(argv=None) -> dict:
+    """Run with command-line flags ``argv``; returns the results.json payload (rank 0)."""
+    return run_retrieval_task(TASK, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
+    sys.exit(0)
