@@ -56,6 +56,16 @@ def total_loss(losses: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tenso
     return sum(losses.values())
 
 
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Switch on activation checkpointing (``run.grad_checkpointing``) through the model's
+    ``set_grad_checkpointing``; a model without one is an error, not a silent no-op."""
+    setter = getattr(model, "set_grad_checkpointing", None)
+    if setter is None:
+        raise ValueError(f"run.grad_checkpointing is on but {type(model).__name__} has no set_grad_checkpointing()")
+    setter(True)
+    logger.info("activation checkpointing on (%s)", type(model).__name__)
+
+
 class StepContext:
     """What a ``train_step`` uses: the (wrapped) model, autocast + no_sync, and backward-with-update."""
 
@@ -151,6 +161,8 @@ class Trainer:
                     self.epochs, f", stopping at run.max_steps={self.max_steps}" if self.max_steps else "")
 
     def _wrap(self, model: nn.Module, run: Mapping) -> nn.Module:
+        if run.get("grad_checkpointing"):
+            enable_grad_checkpointing(model)
         wrapped = model
         if run.get("compile"):
             wrapped = torch.compile(wrapped)

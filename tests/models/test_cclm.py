@@ -194,3 +194,89 @@ def test_full_size_model_matches_the_reference_manifest(tmp_path, shared_docs):
     wrong = {k: (manifest[k], _shape_string(v), str(v.dtype)) for k, v in ours.items()
              if (_shape_string(v), "torch." + manifest[k][1]) != (manifest[k][0], str(v.dtype))}
     assert wrong == {}
+
+
+# ------------------------------------------------------------------ fast path (see bench/RESULTS.md)
+
+NEGATIVES = HardNegatives(torch.tensor([1, 0, 3, 2]), torch.tensor([2, 3, 0, 1]))
+
+
+def separate_passes(model, memory, memory_atts, texts, text_atts, masked, masked_atts, masked_memory,
+                    masked_memory_atts, batch):
+    """ITM and MLM losses the reference's way: one fusion call for the positives, one for the negatives, and a
+    full 12-layer pass of the masked text, from the model's public pieces."""
+    from models.losses import matching_loss, mlm_loss
+
+    states = model.get_text_embeds(texts, text_atts)
+    x, y = NEGATIVES
+    pos = model.get_cross_embeds(memory, memory_atts, text_embeds=states, text_atts=text_atts)[:, 0]
+    neg = model.get_cross_embeds(torch.cat([memory[x], memory]), torch.cat([memory_atts[x], memory_atts]),
+                                 text_embeds=torch.cat([states, states[y]]),
+                                 text_atts=torch.cat([text_atts, text_atts[y]]))[:, 0]
+    logits = model.itm_head(torch.cat([pos, neg]))
+    hidden = model.text_encoder(masked, masked_atts, encoder_hidden_states=masked_memory,
+                                encoder_attention_mask=masked_memory_atts, mode="multi_modal")
+    return {"itm": matching_loss(logits[:B], logits[B:]),
+            "mlm": mlm_loss(model.text_encoder.mlm_logits(hidden, batch["masked_pos"]), batch["masked_ids"]),
+            "states": states}
+
+
+def test_one_fusion_pass_equals_separate_passes_for_images(model):
+    model.eval()
+    batch = dict(image=image_batch(), **text_batch(1), **text_batch(2, "_2"))
+    losses = model(**batch, hard_negatives=NEGATIVES)
+    with torch.no_grad():
+        image, image_atts = model.get_vision_embeds(batch["image"])
+        expected = separate_passes(model, image, image_atts, batch["text_ids"], batch["text_atts"],
+                                   batch["text_ids_masked"], batch["text_atts"], image, image_atts, batch)
+    torch.testing.assert_close(losses["loss_itm"], expected["itm"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["loss_mlm"], expected["mlm"], rtol=1e-5, atol=1e-6)
+
+
+def test_one_fusion_pass_equals_separate_passes_for_parallel_text(model):
+    model.eval()
+    batch = dict(image=None, **text_batch(1), **text_batch(2, "_2"))
+    losses = model(**batch, hard_negatives=NEGATIVES)
+    with torch.no_grad():
+        first = model.get_text_embeds(batch["text_ids"], batch["text_atts"])
+        second = model.get_text_embeds(batch["text_ids_2"], batch["text_atts_2"])
+        expected = separate_passes(model, first, batch["text_atts"], batch["text_ids_2"], batch["text_atts_2"],
+                                   batch["text_ids_masked"], batch["text_atts"], second, batch["text_atts_2"], batch)
+    torch.testing.assert_close(losses["loss_ttm"], expected["itm"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["loss_mlm"], expected["mlm"], rtol=1e-5, atol=1e-6)
+
+
+def test_one_fusion_pass_equals_separate_passes_for_regions(model):
+    from models.heads import predict_box
+    from models.losses import bbox_losses
+
+    model.eval()
+    batch = region_batch()
+    losses = model(**batch, hard_negatives=NEGATIVES)
+    with torch.no_grad():
+        region, _, full_rows = model.get_region_embeds(batch["image"], batch["image_atts"], batch["idx_to_group_img"])
+        expected = separate_passes(model, region, batch["image_atts"], batch["text_ids"], batch["text_atts"],
+                                   batch["text_ids_masked"], batch["text_atts"], region, batch["image_atts"], batch)
+        fused = model.get_cross_embeds(full_rows, torch.ones(full_rows.shape[:2]), text_embeds=expected["states"],
+                                       text_atts=batch["text_atts"])[:, 0]
+        boxes = predict_box(model.bbox_head, fused)
+        l1, giou = bbox_losses(boxes, batch["target_bbox"], batch["is_image"])
+    torch.testing.assert_close(losses["loss_itm"], expected["itm"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["loss_mlm"], expected["mlm"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["loss_bbox"], l1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["loss_giou"], giou, rtol=1e-5, atol=1e-6)
+
+
+def test_set_grad_checkpointing_reaches_both_encoders_and_keeps_the_losses(model):
+    model.eval()
+    batch = dict(image=image_batch(), **text_batch(1))
+    before = model(**batch, hard_negatives=NEGATIVES)
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.vision_encoder.layers)
+    assert all(layer.gradient_checkpointing for layer in model.text_encoder.bert.encoder.layer)
+    after = model.train()(**batch, hard_negatives=NEGATIVES)
+    sum(after.values()).backward()
+    assert model.text_encoder.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+    model.set_grad_checkpointing(False)
+    assert not any(layer.gradient_checkpointing for layer in model.text_encoder.bert.encoder.layer)
+    assert set(before) == set(after)

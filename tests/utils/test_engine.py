@@ -113,3 +113,16 @@ def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     got = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     for k, v in params(single.raw_model).items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_run_grad_checkpointing_reaches_the_model(tmp_path):
+    from tests.utils.toy_task import ToyModel
+    from utils.engine import enable_grad_checkpointing
+
+    calls = []
+    model = ToyModel()
+    model.set_grad_checkpointing = lambda enable=True: calls.append(enable)
+    enable_grad_checkpointing(model)
+    assert calls == [True]
+    with pytest.raises(ValueError, match="run.grad_checkpointing.*ToyModel has no set_grad_checkpointing"):
+        make_trainer(config(epochs=1, grad_checkpointing=True), tmp_path)
