@@ -160,7 +160,7 @@ def test_training_records_without_the_caption_language_name_the_line(tmp_path, t
                {"binary": jpeg_base64(), "caption": {"de": "ein rotes quadrat"}}]
     (tmp_path / "it" / "part-00000.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     config = {"image_res": 32, "demo": {"caption_language": "en"}, "train_file": ["it"], "train_file_text": ["pt"]}
-    encode = Demo.TextEncoder(tiny_tokenizer, 30, 16)
+    encode = Demo.TextInputs(tiny_tokenizer, 30, 16)
     with pytest.raises(AnnotationError, match=r"part-00000.jsonl:2: .*'en'"):
         Demo.load_training_data(config, tmp_path, encode)
 
