@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import os
 import shutil
 import sys
 import time
@@ -80,8 +81,8 @@ class TrainingData:
     para_atts: torch.Tensor
 
 
-class TextEncoder:
-    """Clean, tokenise and pad texts exactly as the task loaders do."""
+class TextInputs:
+    """Clean, tokenise and pad texts exactly as the task loaders do: text -> (ids, attention mask)."""
 
     def __init__(self, tokenizer, max_words: int, max_tokens: int):
         self.tokenizer, self.max_words, self.max_tokens = tokenizer, max_words, max_tokens
@@ -114,7 +115,7 @@ def _captions_in(value, lang: str, at: str) -> list[str]:
     return texts
 
 
-def load_training_data(config: dict, root: Path, encode: TextEncoder) -> TrainingData:
+def load_training_data(config: dict, root: Path, encode: TextInputs) -> TrainingData:
     """Read the image-text and parallel-text shards named by ``train_file`` and ``train_file_text``."""
     transform = build_transform("test", int(config["image_res"]))
     lang = config["demo"]["caption_language"]
@@ -135,7 +136,10 @@ def load_training_data(config: dict, root: Path, encode: TextEncoder) -> Trainin
     for path in _shard_files(root, list(config["train_file_text"]), "train_file_text"):
         for line, record in iter_jsonl(path):
             at = f"{path}:{line}"
-            pairs.append([encode(record.get(key, ""), at) for key in ("source_text", "target_text")])
+            if "source_text" not in record or "target_text" not in record:
+                raise AnnotationError(f"{at}: a translation pair needs 'source_text' and 'target_text', has "
+                                      f"{sorted(record)}")
+            pairs.append([encode(record["source_text"], at), encode(record["target_text"], at)])
     if not images or not pairs:
         raise ValueError(f"the world under {root} has {len(images)} training images and {len(pairs)} translation pairs; "
                          "the demo needs both")
@@ -225,11 +229,12 @@ class EpochBatches:
 
 # ------------------------------------------------------------------------------------------------ model
 
-def demo_losses(model, batch: dict, negatives_temp: float | None = None) -> dict[str, torch.Tensor]:
+def demo_losses(model, batch: dict, negatives_temp: float | None = None,
+                itm_rows: int | None = None) -> dict[str, torch.Tensor]:
     """ITC on the image-caption batch, TTC on the translation pairs (when present), ITM when the batch asks.
 
-    ITM negatives are drawn from softmax(similarity / ``negatives_temp``) (default: the model's temperature, as
-    CCLM does).
+    ITM runs on the first ``itm_rows`` pairs (default: all); its negatives are drawn among them from
+    softmax(similarity / ``negatives_temp``) (default: the model's temperature, as CCLM does).
     """
     clamp_temperature_(model.temp)
     image_embeds, image_atts = model.get_vision_embeds(batch["image"])
@@ -241,19 +246,21 @@ def demo_losses(model, batch: dict, negatives_temp: float | None = None) -> dict
         target = model.get_text_feat(model.get_text_embeds(batch["para_ids_2"], batch["para_atts_2"]))
         losses["loss_ttc"] = model.get_contrastive_loss(source, target)
     if batch.get("with_itm"):
+        rows = slice(0, itm_rows)
+        pairs = (image_embeds[rows], image_atts[rows], image_feat[rows], text_embeds[rows],
+                 batch["text_atts"][rows], text_feat[rows])
         negatives = None
         if negatives_temp is not None:
-            negatives = sample_hard_negatives(image_feat, text_feat, torch.tensor(float(negatives_temp)))
-        losses["loss_itm"] = model.get_matching_loss(image_embeds, image_atts, image_feat, text_embeds,
-                                                     batch["text_atts"], text_feat, hard_negatives=negatives)
+            negatives = sample_hard_negatives(pairs[2], pairs[5], torch.tensor(float(negatives_temp)))
+        losses["loss_itm"] = model.get_matching_loss(*pairs, hard_negatives=negatives)
     return losses
 
 
-def make_demo_step(negatives_temp: float | None = None):
+def make_demo_step(negatives_temp: float | None = None, itm_rows: int | None = None):
     """The Trainer's train_step: one update on the summed losses of the step."""
     def demo_step(ctx: StepContext, batch: dict) -> None:
         with ctx.micro_step():
-            losses = demo_losses(ctx.raw_model, batch, negatives_temp)
+            losses = demo_losses(ctx.raw_model, batch, negatives_temp, itm_rows)
         ctx.backward(losses)
     return demo_step
 
@@ -338,7 +345,8 @@ class ArmResult:
     metrics: dict[str, dict[str, float]]
     curve: dict = field(default_factory=dict)   # {"steps": [...], "languages": {lang: [t2i R@1, ...]}}
     records: list = field(default_factory=list)  # training log records (metrics.jsonl)
-    seconds: float = 0.0
+    seconds: float = 0.0      # wall-clock training time
+    cpu_seconds: float = 0.0  # this process's CPU time for training and evaluating the arm (one thread)
     steps: int = 0
 
 
@@ -386,11 +394,11 @@ def train_arm(config: dict, env, with_parallel: bool, root: Path, data: Training
     trainer = Trainer(config, env, model, output_dir=arm_dir, steps_per_epoch=steps_per_epoch, train_batches=batches,
                       evaluate=evaluate, primary_metric="en/t2i_r1" if "en" in curve["languages"] else None,
                       init_params=model.init_params, epochs=epochs,
-                      train_step=make_demo_step(config["demo"]["itm_negatives_temp"]))
+                      train_step=make_demo_step(config["demo"]["itm_negatives_temp"], config["demo"]["itm_rows"]))
     logger.info("arm %s: %d steps, batches of %s captions%s", name, steps_per_epoch * epochs,
                 config["images"]["batch_size"],
                 f" + {config['texts_para']['batch_size']} translation pairs" if with_parallel else "")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit()
     seconds = time.perf_counter() - start
     with_itm = float(config["demo"]["itm_from"]) < 1
@@ -399,7 +407,8 @@ def train_arm(config: dict, env, with_parallel: bool, root: Path, data: Training
                   note="Recall in %, on held-out scenes; t2i = text->image, i2t = image->text; _itm = after "
                        "re-ranking with the matching head.",
                   extra={"task": "demo", "arm": name, "steps": trainer.state.step, "train_seconds": seconds})
-    result = ArmResult(name, metrics, curve, _read_jsonl(arm_dir / "metrics.jsonl"), seconds, trainer.state.step)
+    result = ArmResult(name, metrics, curve, _read_jsonl(arm_dir / "metrics.jsonl"), seconds,
+                       time.process_time() - cpu_start, trainer.state.step)
     (arm_dir / ARM_FILE).write_text(json.dumps(asdict(result), ensure_ascii=False) + "\n", encoding="utf-8")
     return result
 
@@ -429,6 +438,7 @@ def run_arms(config: dict, env, root: Path, data: TrainingData, evaluator: Evalu
     if not concurrent:
         return [train_arm(config, env, arm, root, data, evaluator, dirs[arm]) for arm in plan]
     second = plan[1]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the tokenizer's threads do not survive a fork
     child = mp.get_context("fork").Process(target=_arm_process, name=ARMS[second], daemon=True,
                                            args=(config, env, second, root, data, evaluator, dirs[second]))
     child.start()
@@ -507,7 +517,7 @@ def write_report(output_dir: Path, arms: list[ArmResult], heldout: HeldOut, timi
     checks = check_targets(arms)
     payload = {"task": "demo", "primary": "t2i_r1", "heldout_images": n_images, "chance_r1": chance,
                "arms": {a.name: {"languages": a.metrics, "curve": a.curve, "steps": a.steps,
-                                 "train_seconds": a.seconds} for a in arms},
+                                 "train_seconds": a.seconds, "cpu_seconds": a.cpu_seconds} for a in arms},
                "targets": checks, "timings": timings, "world": world}
     (output_dir / "results.json").write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n",
                                              encoding="utf-8")
@@ -550,7 +560,7 @@ def main(argv=None) -> dict:
         root = resolve_data_root(config)
         config["text_encoder"] = prepare_text_encoder(config, root)
         tokenizer = load_tokenizer(config["text_encoder"])
-        encode = TextEncoder(tokenizer, int(config["max_words"]), int(config["max_tokens"]))
+        encode = TextInputs(tokenizer, int(config["max_words"]), int(config["max_tokens"]))
         data = load_training_data(config, root, encode)
         world = json.loads((root / "manifest.json").read_text(encoding="utf-8"))["params"]
         languages = list(demo["languages"] or world["languages"])
@@ -562,6 +572,7 @@ def main(argv=None) -> dict:
         evaluator = Evaluator(heldout, tokenizer, config, env.device)
         arms = run_arms(config, env, root, data, evaluator, output_dir)
         timings.update({f"train {a.name}": a.seconds for a in arms})
+        timings.update({f"cpu {a.name}": a.cpu_seconds for a in arms})
         timings["total"] = time.perf_counter() - started
         payload = write_report(output_dir, arms, heldout, timings, world) if env.is_main else {}
         logger.info("zero-shot retrieval on %d held-out scenes (R@1/R@5 %%, chance R@1 %.1f%%):\n%s",

@@ -104,6 +104,13 @@ class CCLMBase(nn.Module):
         self.temp = build_temperature(self.config.get("temp", 0.07))
         self._add_init_params("text_proj", "vision_proj", "temp")
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in every encoder the model has (the engine's ``run.grad_checkpointing``)."""
+        for name in ("vision_encoder", "text_encoder", "text_decoder"):
+            encoder = getattr(self, name, None)
+            if encoder is not None:
+                encoder.set_grad_checkpointing(enable)
+
     def _add_init_params(self, *module_names: str) -> None:
         for name, _ in self.named_parameters():
             if name.split(".", 1)[0] in module_names:

@@ -194,3 +194,29 @@ def test_full_size_model_matches_the_reference_manifest(tmp_path, shared_docs):
     wrong = {k: (manifest[k], _shape_string(v), str(v.dtype)) for k, v in ours.items()
              if (_shape_string(v), "torch." + manifest[k][1]) != (manifest[k][0], str(v.dtype))}
     assert wrong == {}
+
+
+def test_grad_checkpointing_switch_keeps_losses_and_gradients(model):
+    """run.grad_checkpointing goes through CCLMBase.set_grad_checkpointing: same numbers, encoders switched on."""
+    batch = dict(image=image_batch(), **text_batch(1), **text_batch(2, "_2"))
+    negatives = HardNegatives(torch.tensor([1, 0, 3, 2]), torch.tensor([2, 3, 0, 1]))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(7)
+        losses = model(**batch, hard_negatives=negatives)
+        sum(losses.values()).backward()
+        return {k: v.detach() for k, v in losses.items()}, {n: p.grad.clone() for n, p in model.named_parameters()
+                                                            if p.grad is not None}
+
+    model.train()
+    plain_losses, plain_grads = run()
+    model.set_grad_checkpointing(True)
+    assert all(stage.grad_checkpointing for stage in model.vision_encoder.layers)
+    assert all(layer.gradient_checkpointing for layer in model.text_encoder.bert.encoder.layer)
+    ckpt_losses, ckpt_grads = run()
+    for key, value in plain_losses.items():
+        torch.testing.assert_close(ckpt_losses[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert ckpt_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
