@@ -45,7 +45,7 @@ from utils.cli import TaskSpec, setup_run
 from utils.demo_plots import plot_recall_curves, plot_training_curves
 from utils.dist import cleanup_distributed
 from utils.engine import StepContext, Trainer
-from utils.evaluation import (contrastive_topk, encode_images, encode_texts, evaluate_retrieval,
+from utils.evaluation import (CCLMView, contrastive_topk, encode_images, encode_texts, evaluate_retrieval,
                               retrieval_metrics)
 from utils.logging import setup_logging
 from utils.results import write_results
@@ -265,29 +265,6 @@ def make_demo_step(negatives_temp: float | None = None, itm_rows: int | None = N
     return demo_step
 
 
-class RetrievalView:
-    """The model interface utils.evaluation expects, over a CCLM pre-training model."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def image_embeds(self, image):
-        return self.model.get_vision_embeds(image)[0]
-
-    def image_feat(self, image_embeds):
-        return self.model.get_image_feat(image_embeds)
-
-    def text_embeds(self, text_ids, text_atts):
-        return self.model.get_text_embeds(text_ids, text_atts)
-
-    def text_feat(self, text_embeds):
-        return self.model.get_text_feat(text_embeds)
-
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
-        fused = self.model.get_cross_embeds(image_embeds, image_atts, text_embeds=text_embeds, text_atts=text_atts)
-        return self.model.itm_head(fused[:, 0])[:, 1]
-
-
 # ------------------------------------------------------------------------------------------------ evaluation
 
 class Evaluator:
@@ -300,7 +277,7 @@ class Evaluator:
         self.batch_size = int(config["demo"]["eval_batch_size"])
 
     def _encode(self, model):
-        view = RetrievalView(model)
+        view = CCLMView(model)
         images = self.heldout.images.split(self.batch_size)
         return view, encode_images(view, images, self.device)
 

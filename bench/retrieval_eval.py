@@ -12,9 +12,8 @@ world's grammar, tokenised with the synthetic world's tokenizer (its ids fit bot
 All paths start from the same encodings (timed once, as "encode"). The one-query loop is the reference's
 algorithm: for every query, one fusion forward over its ``k_test`` candidates (the query repeated k times), scores
 written into a dense -100 matrix, rows sorted. The batched path is ``utils.evaluation.topk_rerank`` (``rerank_batch``
-pairs per forward) through the retrieval model's ``itm_score``, as Retrieval.py runs it; the third path is the same
-with the fusion through ``get_cross_cls`` (the last layer computes only the CLS). The ranks of every path are compared
-with the loop's, query by query; the exit status is 1 if any differs.
+pairs per forward) through ``utils.evaluation.CCLMView``, as Retrieval.py runs it. The ranks of both paths are
+compared query by query; the exit status is 1 if any differs.
 """
 from __future__ import annotations
 
@@ -76,43 +75,6 @@ def build_config_model(config: dict, root: Path):
     return create_model("cclm_retrieval", config, root=root).eval()
 
 
-class Adapter:
-    """The evaluation interface on a retrieval model (same calls as utils.retrieval_task.EvaluatorModel)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def image_embeds(self, image):
-        return self.model.get_vision_embeds(image)[0]
-
-    def image_feat(self, image_embeds):
-        return self.model.get_image_feat(image_embeds)
-
-    def text_embeds(self, text_ids, text_atts):
-        return self.model.get_text_embeds(text_ids, text_atts)
-
-    def text_feat(self, text_embeds):
-        return self.model.get_text_feat(text_embeds)
-
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
-        return self.model.itm_score(image_embeds, image_atts, text_embeds, text_atts)
-
-
-class ClsOnlyAdapter(Adapter):
-    """The adapter with the re-rank's fusion through ``get_cross_cls`` (the last layer computes only the CLS)."""
-
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
-        return self.model.itm_head(self.model.get_cross_cls(image_embeds, image_atts, text_embeds, text_atts))[:, 1]
-
-
-def evaluator_adapter(model):
-    try:
-        from utils.retrieval_task import EvaluatorModel
-        return EvaluatorModel(model)
-    except ImportError:
-        return Adapter(model)
-
-
 def one_query_at_a_time(adapter, img, txt, k: int, direction: str):
     """The reference's re-rank: per query one fusion forward of its k candidates, a dense -100 score matrix."""
     import torch
@@ -165,11 +127,11 @@ def main(argv=None) -> int:
     import torch
 
     from dataset.tokenizer import load_tokenizer
-    from utils.evaluation import encode_images, encode_texts, topk_rerank
+    from utils.evaluation import CCLMView, encode_images, encode_texts, topk_rerank
 
     torch.set_num_threads(args.threads)
     model = build_golden_model(golden) if args.model == "golden" else build_config_model(config, root)
-    adapter = evaluator_adapter(model)
+    adapter = CCLMView(model)
     tokenizer = load_tokenizer(tokenizer_dir)
     texts = captions(args.images * args.texts_per_image)
     g = torch.Generator().manual_seed(0)
@@ -188,10 +150,6 @@ def main(argv=None) -> int:
     paths = {"one query at a time": lambda d: one_query_at_a_time(adapter, img, txt, args.k_test, d),
              f"batched ({args.rerank_batch} pairs)":
                  lambda d: topk_rerank(adapter, img, txt, args.k_test, args.rerank_batch, d)[0]}
-    if hasattr(model, "get_cross_cls"):
-        cls_only = ClsOnlyAdapter(model)
-        paths[f"batched, CLS-only last layer ({args.rerank_batch} pairs)"] = \
-            lambda d: topk_rerank(cls_only, img, txt, args.k_test, args.rerank_batch, d)[0]
     seconds = {name: [] for name in paths}
     ranks_of = {}
     with torch.no_grad():

@@ -26,6 +26,30 @@ from utils.dist import all_gather_no_grad, get_rank, get_world_size, is_dist
 logger = logging.getLogger(__name__)
 
 
+class CCLMView:
+    """The interface above over any CCLM model with an ``itm_head`` (retrieval, pre-training, the demo's)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def image_embeds(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.get_vision_embeds(image)[0]
+
+    def image_feat(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_feat(image_embeds)
+
+    def text_embeds(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_embeds(text_ids, text_atts)
+
+    def text_feat(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_feat(text_embeds)
+
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
+        """Raw class-1 ITM logit of each (image row, text row) pair, all pairs in one fusion forward."""
+        fused = self.model.get_cross_embeds(image_embeds, image_atts, text_embeds=text_embeds, text_atts=text_atts)
+        return self.model.itm_head(fused[:, 0])[:, 1]
+
+
 @dataclass
 class EncodedImages:
     embeds: torch.Tensor  # (N_img, 1+L, D)

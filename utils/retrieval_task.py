@@ -34,7 +34,7 @@ from utils.config import ConfigError
 from utils.data import build_loader, set_loader_epoch
 from utils.dist import barrier, cleanup_distributed, get_world_size
 from utils.engine import Trainer
-from utils.evaluation import EncodedImages, encode_images, encode_texts, evaluate_retrieval
+from utils.evaluation import CCLMView, EncodedImages, encode_images, encode_texts, evaluate_retrieval
 from utils.logging import append_jsonl
 from utils.precision import autocast_context, resolve_precision
 from utils.results import write_results
@@ -264,28 +264,6 @@ def per_process_batch(config: Mapping, dataset_size: int, world_size: int) -> in
 
 # ---------------------------------------------------------------------------------------------------- evaluation
 
-class EvaluatorModel:
-    """The interface of :mod:`utils.evaluation` on a retrieval model (``models.retrieval.CCLMRetrieval``)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def image_embeds(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model.get_vision_embeds(image)[0]
-
-    def image_feat(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        return self.model.get_image_feat(image_embeds)
-
-    def text_embeds(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_embeds(text_ids, text_atts)
-
-    def text_feat(self, text_embeds: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_feat(text_embeds)
-
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
-        return self.model.itm_score(image_embeds, image_atts, text_embeds, text_atts)
-
-
 class RetrievalEvaluator:
     """Two-stage evaluation of every val/test language; images shared by several languages are encoded once."""
 
@@ -300,7 +278,7 @@ class RetrievalEvaluator:
 
     def evaluate_set(self, model, ds: RetrievalEvalDataset, cache: dict | None = None) -> dict:
         """The nine reference metrics (and ``itc_*``) of one language's set."""
-        adapter = EvaluatorModel(model)
+        adapter = CCLMView(model)
         key = tuple(ds.images)
         if cache is not None and key in cache:
             img = cache[key]

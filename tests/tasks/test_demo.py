@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import Demo
+from utils.evaluation import CCLMView
 from dataset.convert import AnnotationError
 from utils.demo_plots import loss_series, plot_recall_curves, plot_training_curves
 
@@ -136,7 +137,7 @@ def test_demo_losses_follow_the_batch(tiny_model):
 
 def test_retrieval_view_ranks_pairs_with_the_matching_head(tiny_model):
     model, tokenizer = tiny_model
-    view = Demo.RetrievalView(model.eval())
+    view = CCLMView(model.eval())
     with torch.no_grad():
         image_embeds = view.image_embeds(torch.rand(2, 3, 32, 32))
         ids, atts = text_batch(tokenizer, ["a red circle on the left", "two green triangles"])

@@ -15,8 +15,8 @@ from dataset.retrieval import RetrievalEvalData, wit_image_file_name
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
 from utils.config import ConfigError, load_config
-from utils.evaluation import encode_images, encode_texts, topk_rerank
-from utils.retrieval_task import (EvaluatorModel, TrainCollate, choose_selection, eval_due, fewshot_selection,
+from utils.evaluation import CCLMView, encode_images, encode_texts, topk_rerank
+from utils.retrieval_task import (TrainCollate, choose_selection, eval_due, fewshot_selection,
                                   language_files, load_standard_data, per_process_batch, subset_eval_data)
 from utils.task import prepare_text_encoder, resolve_data_root
 
@@ -179,7 +179,7 @@ def test_batched_rerank_equals_one_query_loop_on_the_retrieval_model(world):
     texts = [c for entry in json.loads((world / "data/finetune/multi30k/test_2016_flickr.de.json").read_text())[:12]
              for c in entry["caption"]]
     images = torch.randn(9, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.double)
-    adapter = EvaluatorModel(model)
+    adapter = CCLMView(model)
     img = encode_images(adapter, [images[:4], images[4:]], torch.device("cpu"))
     txt = encode_texts(adapter, texts, tokenizer, 40, 5, torch.device("cpu"))
     k = 5
