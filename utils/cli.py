@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from utils.config import ConfigError, dump_config, load_config, set_by_path
-from utils.dist import DistEnv, init_distributed
+from utils.dist import DistEnv, init_distributed, world_info_from_env
 from utils.engine import seed_everything
 from utils.logging import setup_logging
 
@@ -87,12 +87,11 @@ def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> d
 def setup_run(spec: TaskSpec, argv: Iterable[str] | None, description: str = "") -> RunContext:
     """Parse flags, resolve the config, start the process group, seed, set up logging, save config.yaml."""
     args = parse_task_args(argv, description or spec.name)
-    env = init_distributed(os.environ.get("CCLM_DEVICE") or (args.device or "auto"))
-    config = build_config(spec, args, env.world_size)
-    if config.get("device", "auto") != "auto" and args.device is None and env.device.type != config["device"]:
-        # the config asks for a device the process group was not built for: rebuild nothing, just say so clearly
-        if config["device"] == "cpu" or not env.distributed:
-            env = init_distributed(config["device"]) if not env.distributed else env
+    _, _, world_size = world_info_from_env()
+    config = build_config(spec, args, world_size)
+    # run.py --dist cpu sets CCLM_DEVICE so that a GPU machine still runs the CPU job it was asked for.
+    env = init_distributed(os.environ.get("CCLM_DEVICE") or config.get("device") or "auto",
+                           timeout_minutes=int(config.get("run", {}).get("dist_timeout_minutes", 30)))
     output_dir = Path(config["output_dir"])
     if env.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
