@@ -226,8 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--budget-s", type=float, default=420.0, help="start no new measurement after this")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile at the largest batch that "
-                                                                "fitted for the image kind (if half the budget is left)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile at the largest image batch that fitted (half the budget left)")
     parser.add_argument("--grad-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 dense TFLOP/s (default: from the GPU name)")
     parser.add_argument("--size", choices=("full", "small"), default="full", help=argparse.SUPPRESS)

@@ -5,6 +5,11 @@ Config keys (the reference's names): ``vision_config`` (json path, bundled name 
 ``temp`` (0.07); ours: ``itc_gather`` ('local' = the reference's gradient, or 'full'), ``load_text_params`` /
 ``load_vision_params`` (initialise from XLM-R / Swin files; default False, e.g. when a CCLM checkpoint follows),
 ``drop_path_rate`` (0.1), ``attn_implementation`` ('sdpa' or 'eager'). Relative paths resolve against ``root``.
+
+A pre-training step runs each encoder once: one vision pass, one text-layer pass (captions, masked captions and a
+second text together) and one fusion pass for every pair the losses need (the ITM positives and negatives, the MLM
+rows, the box queries), in which each image's cross-attention keys/values are projected once and the last layer
+computes only the positions that are read. The losses are those of the reference's separate passes.
 """
 from __future__ import annotations
 
@@ -133,19 +138,68 @@ class CCLMBase(nn.Module):
         """Unimodal text states: the output of the text-only layers."""
         return self.text_encoder(text_ids, text_atts, mode="text")
 
-    def get_cross_embeds(self, image_embeds, image_atts, text_ids=None, text_embeds=None, text_atts=None):
+    def get_cross_embeds(self, image_embeds, image_atts, text_ids=None, text_embeds=None, text_atts=None,
+                         memory_index=None, output_positions=None):
         """Fused text states attending to ``image_embeds`` (a tensor or a list, one per image).
 
         From ``text_embeds`` (a ``'text'`` output) only the fusion layers run; from ``text_ids`` all layers run.
+        With ``memory_index`` (one entry per text row) text row r attends to memory row ``memory_index[r]``, and
+        each memory row is projected once however many texts attend to it. With ``output_positions`` (B x P) only
+        those positions' states are returned (B x P x width) and the last layer computes only them.
         """
         if (text_ids is None) == (text_embeds is None):
             raise ValueError("get_cross_embeds: give exactly one of text_ids and text_embeds")
         if text_embeds is not None:
             return self.text_encoder(attention_mask=text_atts, encoder_embeds=text_embeds,
                                      encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts,
-                                     mode="fusion")
+                                     mode="fusion", memory_index=memory_index, output_positions=output_positions)
         return self.text_encoder(text_ids, text_atts, encoder_hidden_states=image_embeds,
-                                 encoder_attention_mask=image_atts, mode="multi_modal")
+                                 encoder_attention_mask=image_atts, mode="multi_modal", memory_index=memory_index,
+                                 output_positions=output_positions)
+
+    def get_cross_cls(self, image_embeds, image_atts, text_embeds, text_atts, memory_index=None) -> torch.Tensor:
+        """Fused CLS states (B x width) of text-mode states attending to ``image_embeds``; the last fusion layer
+        computes only the CLS (what the ITM head reads)."""
+        cls = torch.zeros((text_embeds.shape[0], 1), dtype=torch.long, device=text_embeds.device)
+        return self.get_cross_embeds(image_embeds, image_atts, text_embeds=text_embeds, text_atts=text_atts,
+                                     memory_index=memory_index, output_positions=cls)[:, 0]
+
+    def get_text_embeds_together(self, texts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Text-mode states of several (ids, mask) batches in one encoder pass (padded to a common length)."""
+        if len(texts) == 1:
+            return [self.get_text_embeds(*texts[0])]
+        length = max(ids.shape[1] for ids, _ in texts)
+        ids = torch.cat([_pad_columns(i, length, 1) for i, _ in texts])  # pad id; masked out anyway
+        atts = torch.cat([_pad_columns(a, length, 0) for _, a in texts])
+        states = self.get_text_embeds(ids, atts).split([i.shape[0] for i, _ in texts])
+        return [s[:, :i.shape[1]] for s, (i, _) in zip(states, texts)]
+
+    def fuse_groups(self, memories: list[tuple[torch.Tensor, torch.Tensor]], groups: list[tuple]) -> list[torch.Tensor]:
+        """One fusion pass for several groups of pairs; returns each group's fused states at its positions.
+
+        ``memories`` is a list of (embeds M_i x S_i x width, mask M_i x S_i); a group is (text states N x L x width,
+        text mask N x L, memory number i, row of memory i for each text row, positions N x P whose fused states are
+        wanted). Memories, texts and position lists are padded to common sizes (padding positions receive zero
+        attention weight), so every pair is fused as if alone; the result of a group is N x P x width.
+        """
+        memory, memory_atts, offsets = _stack_padded(memories)
+        length = max(states.shape[1] for states, *_ in groups)
+        num_positions = max(positions.shape[1] for *_, positions in groups)
+        states = torch.cat([_pad_columns(s, length, 0) for s, *_ in groups])
+        atts = torch.cat([_pad_columns(a, length, 0) for _, a, *_ in groups])
+        index = torch.cat([rows.to(memory.device) + offsets[i] for _, _, i, rows, _ in groups])
+        positions = torch.cat([_pad_columns(p.to(states.device), num_positions, 0) for *_, p in groups])
+        fused = self.get_cross_embeds(memory, memory_atts, text_embeds=states, text_atts=atts, memory_index=index,
+                                      output_positions=positions)
+        return [f[:, :g[-1].shape[1]] for f, g in zip(fused.split([s.shape[0] for s, *_ in groups]), groups)]
+
+    def draw_hard_negatives(self, x_feat, y_feat, idx=None, hard_negatives: HardNegatives | None = None
+                            ) -> HardNegatives:
+        """The injected negatives (checked) or one drawn per example from the local similarities."""
+        bs = x_feat.shape[0]
+        if hard_negatives is None:
+            hard_negatives = sample_hard_negatives(x_feat, y_feat, self.temp, idx)
+        return check_hard_negatives(HardNegatives(*(t.to(x_feat.device) for t in hard_negatives)), bs)
 
     def get_image_feat(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """Normalised contrastive feature of the image CLS."""
@@ -168,20 +222,58 @@ class CCLMBase(nn.Module):
                           hard_negatives: HardNegatives | None = None) -> torch.Tensor:
         """ITM/TTM with one hard negative per direction; X is the cross-attention memory, Y the query text.
 
-        Negatives are drawn from the local similarities unless ``hard_negatives`` gives the indices.
+        Negatives are drawn from the local similarities unless ``hard_negatives`` gives the indices. The 3B pairs
+        (positives, (negative X, Y), (X, negative Y)) go through the fusion layers in one pass.
         """
-        bs = x_embeds.shape[0]
-        if hard_negatives is None:
-            hard_negatives = sample_hard_negatives(x_feat, y_feat, self.temp, idx)
-        negatives = check_hard_negatives(HardNegatives(*(t.to(x_embeds.device) for t in hard_negatives)), bs)
-        x_neg, x_atts_neg = x_embeds[negatives.x_for_y], x_atts[negatives.x_for_y]
-        y_neg, y_atts_neg = y_embeds[negatives.y_for_x], y_atts[negatives.y_for_x]
-        cross_pos = self.get_cross_embeds(x_embeds, x_atts, text_embeds=y_embeds, text_atts=y_atts)[:, 0]
-        cross_neg = self.get_cross_embeds(torch.cat([x_neg, x_embeds]), torch.cat([x_atts_neg, x_atts]),
-                                          text_embeds=torch.cat([y_embeds, y_neg]),
-                                          text_atts=torch.cat([y_atts, y_atts_neg]))[:, 0]
-        logits = self.itm_head(torch.cat([cross_pos, cross_neg]))
+        negatives = self.draw_hard_negatives(x_feat, y_feat, idx, hard_negatives)
+        x_rows, y_rows = matching_pairs(negatives)
+        cls = self.get_cross_cls(x_embeds, x_atts, *_rows_of(y_rows, y_embeds, y_atts), memory_index=x_rows)
+        return self.matching_loss_from_cls(cls)
+
+    def matching_loss_from_cls(self, fused_cls: torch.Tensor) -> torch.Tensor:
+        """ITM cross-entropy from the fused CLS states of the 3B pairs of ``matching_pairs`` (in that order)."""
+        logits = self.itm_head(fused_cls)
+        bs = fused_cls.shape[0] // 3
         return matching_loss(logits[:bs], logits[bs:])
+
+
+def matching_pairs(negatives: HardNegatives) -> tuple[torch.Tensor, torch.Tensor]:
+    """(X rows, Y rows) of the 3B matching pairs in the reference's order: the B positives (b, b), then B
+    (negative X of Y_b, b), then B (b, negative Y of X_b)."""
+    rows = torch.arange(negatives.x_for_y.shape[0], device=negatives.x_for_y.device)
+    return torch.cat([rows, negatives.x_for_y, rows]), torch.cat([rows, rows, negatives.y_for_x])
+
+
+def _rows_of(rows: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """``tensor[rows]`` for each tensor, by index_select: ``rows`` repeats indices, and the backward of advanced
+    indexing (index_put_ with accumulate) adds repeated rows with atomics on multi-threaded CPUs, in a varying order,
+    which made training (and an exact resume) non-deterministic; index_select's backward adds them in order."""
+    return [t.index_select(0, rows.to(t.device)) for t in tensors]
+
+
+def _cls_positions(rows: torch.Tensor) -> torch.Tensor:
+    """Position 0 for each of ``rows`` (N x 1): the CLS, all that the ITM and box heads read."""
+    return torch.zeros((rows.shape[0], 1), dtype=torch.long, device=rows.device)
+
+
+def _pad_columns(tensor: torch.Tensor, length: int, value) -> torch.Tensor:
+    """Right-pad dimension 1 of ``tensor`` to ``length`` with ``value``."""
+    missing = length - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    pad = (0, 0) * (tensor.dim() - 2) + (0, missing)
+    return torch.nn.functional.pad(tensor, pad, value=value)
+
+
+def _stack_padded(memories: list[tuple[torch.Tensor, torch.Tensor]]):
+    """(memory rows of every source, masks, row offset of each source), padded to the longest sequence."""
+    if len(memories) == 1:
+        return memories[0][0], memories[0][1], [0]
+    length = max(embeds.shape[1] for embeds, _ in memories)
+    embeds = torch.cat([_pad_columns(e, length, 0.0) for e, _ in memories])
+    atts = torch.cat([_pad_columns(a.to(embeds.dtype), length, 0.0) for _, a in memories])
+    sizes = [e.shape[0] for e, _ in memories]
+    return embeds, atts, [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 class CCLMPretrain(CCLMBase):
@@ -238,45 +330,65 @@ class CCLMPretrain(CCLMBase):
     def forward_multimodal(self, image, text_ids, text_atts, text_ids_masked, masked_pos, masked_ids,
                            text_ids_2=None, text_atts_2=None, image_atts=None, idx_to_group_img=None,
                            target_bbox=None, is_image=None, ret_bbox_loss=False, hard_negatives=None):
-        """Image-text (or region-text) batch: itc, itm, mlm (+ ttc with a 2nd caption, + bbox/giou for regions)."""
+        """Image-text (or region-text) batch: itc, itm, mlm (+ ttc with a 2nd caption, + bbox/giou for regions).
+
+        One vision pass, one text-layer pass (captions and masked captions together) and one fusion pass (matching
+        pairs, masked captions and box queries together), each image's keys/values projected once per layer.
+        """
         if ret_bbox_loss and (idx_to_group_img is None or target_bbox is None):
             raise ValueError("ret_bbox_loss needs idx_to_group_img, image_atts and target_bbox (a region batch)")
         if idx_to_group_img is None:
             image_embeds, image_atts = self.get_vision_embeds(image)
-            full_embeds = image_embeds
+            full_images = None
         else:
             if image_atts is None:
                 raise ValueError("a region batch (idx_to_group_img given) needs image_atts")
-            image_embeds, image_atts, full_embeds = self.get_region_embeds(image, image_atts, idx_to_group_img)
-        text_embeds = self.get_text_embeds(text_ids, text_atts)
+            image_embeds, full_images = self.vision_encoder.forward_regions(image, idx_to_group_img, image_atts)
+        texts = [(text_ids, text_atts), (text_ids_masked, text_atts)]
+        if text_ids_2 is not None:
+            texts.append((text_ids_2, text_atts_2))
+        text_embeds, masked_embeds, *second = self.get_text_embeds_together(texts)
         image_feat, text_feat = self.get_features(image_embeds, text_embeds)
         losses = {"loss_itc": self.get_contrastive_loss(image_feat, text_feat)}
-        if text_ids_2 is not None:  # a second caption switches on the extra ITC term and TTC
-            text_feat_2 = self.get_text_feat(self.get_text_embeds(text_ids_2, text_atts_2))
+        if second:  # a second caption switches on the extra ITC term and TTC
+            text_feat_2 = self.get_text_feat(second[0])
             losses["loss_itc"] = (losses["loss_itc"] + self.get_contrastive_loss(image_feat, text_feat_2)) / 2
             losses["loss_ttc"] = self.get_contrastive_loss(text_feat, text_feat_2)
-        losses["loss_itm"] = self.get_matching_loss(image_embeds, image_atts, image_feat, text_embeds, text_atts,
-                                                    text_feat, hard_negatives=hard_negatives)
-        losses["loss_mlm"] = self.get_mlm_loss(text_ids_masked, text_atts, image_embeds, image_atts, masked_pos,
-                                               masked_ids)
+        negatives = self.draw_hard_negatives(image_feat, text_feat, hard_negatives=hard_negatives)
+        x_rows, y_rows = matching_pairs(negatives)
+        rows = torch.arange(text_ids.shape[0], device=text_embeds.device)
+        memories = [(image_embeds, image_atts)]
+        groups = [(*_rows_of(y_rows, text_embeds, text_atts), 0, x_rows, _cls_positions(y_rows)),
+                  (masked_embeds, text_atts, 0, rows, masked_pos)]
+        if ret_bbox_loss:  # box queries attend to their whole image (all-ones mask)
+            memories.append((full_images, torch.ones(full_images.shape[:2], dtype=image_atts.dtype,
+                                                     device=full_images.device)))
+            groups.append((text_embeds, text_atts, 1, idx_to_group_img, _cls_positions(rows)))
+        fused = self.fuse_groups(memories, groups)
+        losses["loss_itm"] = self.matching_loss_from_cls(fused[0][:, 0])
+        losses["loss_mlm"] = mlm_loss(self.text_encoder.token_logits(fused[1]), masked_ids)
         if ret_bbox_loss:
-            boxes = self.predict_bbox(full_embeds, text_embeds, text_atts)
+            boxes = predict_box(self.bbox_head, fused[2][:, 0])
             losses["loss_bbox"], losses["loss_giou"] = bbox_losses(boxes, target_bbox, is_image)
         return losses
 
     def forward_para_text(self, text_ids, text_atts, text_ids_masked, masked_pos, masked_ids, text_ids_2,
                           text_atts_2, hard_negatives=None):
         """Parallel-text batch: ttc; ttm with text 1 as the memory (image role) and text 2 as the query; mlm on
-        masked text 1 attending to text 2."""
+        masked text 1 attending to text 2. One text-layer pass and one fusion pass, as for images."""
         if text_ids_2 is None or text_atts_2 is None:
             raise ValueError("a parallel-text batch (image=None) needs text_ids_2 and text_atts_2")
-        text_embeds = self.get_text_embeds(text_ids, text_atts)
-        text_embeds_2 = self.get_text_embeds(text_ids_2, text_atts_2)
+        text_embeds, text_embeds_2, masked_embeds = self.get_text_embeds_together(
+            [(text_ids, text_atts), (text_ids_2, text_atts_2), (text_ids_masked, text_atts)])
         text_feat, text_feat_2 = self.get_text_feat(text_embeds), self.get_text_feat(text_embeds_2)
+        negatives = self.draw_hard_negatives(text_feat, text_feat_2, hard_negatives=hard_negatives)
+        x_rows, y_rows = matching_pairs(negatives)
+        rows = torch.arange(text_ids.shape[0], device=text_embeds.device)
+        fused = self.fuse_groups([(text_embeds, text_atts), (text_embeds_2, text_atts_2)],
+                                 [(*_rows_of(y_rows, text_embeds_2, text_atts_2), 0, x_rows, _cls_positions(y_rows)),
+                                  (masked_embeds, text_atts, 1, rows, masked_pos)])
         return {
             "loss_ttc": self.get_contrastive_loss(text_feat, text_feat_2),
-            "loss_ttm": self.get_matching_loss(text_embeds, text_atts, text_feat, text_embeds_2, text_atts_2,
-                                               text_feat_2, hard_negatives=hard_negatives),
-            "loss_mlm": self.get_mlm_loss(text_ids_masked, text_atts, text_embeds_2, text_atts_2, masked_pos,
-                                          masked_ids),
+            "loss_ttm": self.matching_loss_from_cls(fused[0][:, 0]),
+            "loss_mlm": mlm_loss(self.text_encoder.token_logits(fused[1]), masked_ids),
         }

@@ -11,6 +11,12 @@ Numerics that matter for parity with the reference (see the golden fixture's REA
 - the query is divided by sqrt(head_dim) before the product;
 - attention is never causal, although the fusion layers are built in transformers' "decoder" mode (the only way
   transformers 5 adds cross-attention to an XLM-R layer).
+
+Work that cannot change a result is skipped (bench/RESULTS.md has the figures): trailing columns that are padding in
+every row; in training, every padding position (the layers run on the real tokens, attention on the padded layout);
+repeated projections of a shared cross-attention memory (``memory_index``, or identical rows without gradients); in
+the last layer, the positions nobody reads (``output_positions``). On CPU, dropout draws its mask from random bits
+and training attention avoids SDPA's unfused fallback.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import math
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import AttentionInterface, XLMRobertaConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertOnlyMLMHead
-from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaLayer
+from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaCrossAttention, XLMRobertaLayer
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +44,60 @@ CROSS_ATTENTION_MASK_VALUE = -1e9
 TEXT_MODES = ("text", "fusion", "multi_modal")
 
 
-def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, use_sdpa=True, **kwargs):
-    """Bidirectional attention with the query divided by sqrt(d) first, as the reference computes it."""
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout. On CPU the keep mask is made from 15 random bits per element (the rate is rounded to a
+    multiple of 1/32768), about twice as fast as ATen's CPU ``bernoulli_``, which made dropout ~14% of a tiny
+    training step; elsewhere (and under torch.compile) ``F.dropout``."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or torch.compiler.is_compiling() or not 0.0 < p < 1.0:
+        return F.dropout(x, p, training)
+    threshold = round(p * 32768)
+    # random_() on int64 draws 63 bits: four 16-bit lanes, the sign bit of the last always 0, so keep 15 per lane.
+    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
+    keep = (bits.view(torch.int16)[:x.numel()].view(x.shape) & 0x7FFF) >= threshold
+    scale = 1.0 / (1.0 - threshold / 32768)
+    if x.dtype == torch.float32:
+        return x * keep.to(x.dtype).mul_(scale)
+    return x * keep.to(x.dtype) * scale  # scale in float maths: 1/(1-p) is inexact in bf16
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` running :func:`fast_dropout` (the text encoder's layers use it in place of ``nn.Dropout``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+def _use_fast_dropout(module: nn.Module) -> None:
+    """Swap every ``nn.Dropout`` inside ``module`` for :class:`FastDropout` (same rate; dropout has no state)."""
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p))
+
+
+def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, use_sdpa=True,
+                    cclm_memory_index=None, **kwargs):
+    """Bidirectional attention with the query divided by sqrt(d) first, as the reference computes it.
+
+    In a cross-attention block, ``cclm_memory_index`` (N,) maps each of the N query rows to a row of the memory's
+    keys/values, so that a memory shared by several rows is projected once (see ``TextBackbone.forward``).
+    """
+    if cclm_memory_index is not None and isinstance(module, XLMRobertaCrossAttention):
+        key, value = key.index_select(0, cclm_memory_index), value.index_select(0, cclm_memory_index)
     query = query / math.sqrt(query.shape[-1])
     if attention_mask is not None and attention_mask.dtype != query.dtype:  # under autocast
         attention_mask = attention_mask.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
-    if use_sdpa:
+    # With dropout, CPU SDPA falls back to its unfused maths plus fully-masked-row checks: the plain path is faster.
+    if use_sdpa and not (dropout > 0 and query.device.type == "cpu"):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                              is_causal=False, scale=1.0)
     else:
         scores = torch.matmul(query, key.transpose(-1, -2))
         if attention_mask is not None:
             scores = scores + attention_mask
-        probs = F.dropout(scores.softmax(dim=-1), p=dropout, training=module.training)
+        probs = fast_dropout(scores.softmax(dim=-1), dropout, module.training)
         out = torch.matmul(probs, value)
     return out.transpose(1, 2).contiguous(), None
 
@@ -122,6 +170,8 @@ class TextBackbone(nn.Module):
             if encoder_width is not None and encoder_width != config.hidden_size:
                 _resize_cross_attention_inputs(layer, encoder_width)
         self.encoder = _LayerStack(layers)
+        _use_fast_dropout(self)
+        self.pack_padding = True  # training runs the layers on real tokens only (see _packs)
 
     @property
     def num_layers(self) -> int:
@@ -141,37 +191,233 @@ class TextBackbone(nn.Module):
                 encoder_embeds: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | Sequence[torch.Tensor] | None = None,
                 encoder_attention_mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
-                mode: str = "multi_modal") -> torch.Tensor:
+                mode: str = "multi_modal", memory_index: torch.Tensor | None = None,
+                output_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Return the last hidden state (B x L x hidden) of the layers that ``mode`` selects.
 
         ``mode='text'`` embeds ``input_ids`` and runs the text-only layers; ``'fusion'`` runs the fusion layers on
         ``encoder_embeds`` (a ``'text'`` output); ``'multi_modal'`` runs all layers from ``input_ids``.
         ``encoder_hidden_states`` may be a list (one memory per image): fusion layer k then uses element
         ``(k - fusion_layer) % len(list)``, with the mask list indexed the same way.
+        ``memory_index`` (B,) says which row of a single memory tensor (M x S x width, mask M x S) each text row
+        attends to: the memory's keys/values are then projected once per memory row, not once per text row.
+
+        ``output_positions`` (B x P) asks for the states at those positions only (e.g. [[0]] for the CLS): the last
+        layer then computes just them (its keys and values still cover every position) and the result is B x P x
+        hidden.
+
+        Trailing positions that are padding in every row are not computed (their keys get weight exp(-10000) = 0
+        anyway); the output is zero there. Other positions are unchanged.
         """
         if mode not in TEXT_MODES:
             raise ValueError(f"mode must be one of {TEXT_MODES}, got {mode!r}")
         if mode == "fusion":
             if encoder_embeds is None:
                 raise ValueError("mode 'fusion' needs encoder_embeds (the output of mode 'text')")
-            hidden = encoder_embeds
+            full_length = encoder_embeds.shape[1]
             start, stop = self.fusion_layer, self.num_layers
         else:
             if input_ids is None:
                 raise ValueError(f"mode {mode!r} needs input_ids")
-            hidden = self.embeddings(input_ids=input_ids)
+            full_length = input_ids.shape[1]
             start, stop = 0, self.fusion_layer if mode == "text" else self.num_layers
+        length = _used_length(attention_mask, full_length)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :length]
+        if mode == "fusion":
+            hidden = encoder_embeds[:, :length]
+        else:
+            hidden = self.embeddings(input_ids=input_ids[:, :length])
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         self_mask = extended_self_attention_mask(attention_mask, hidden.dtype)
-        memories, memory_masks = _as_memory_lists(encoder_hidden_states, encoder_attention_mask, hidden.dtype)
+        layer_kwargs = {}
+        if start < stop and stop > self.fusion_layer:
+            memories, memory_masks, memory_index = _prepare_memory(encoder_hidden_states, encoder_attention_mask,
+                                                                   memory_index, hidden.shape[0], hidden.dtype)
+            if memory_index is not None:
+                layer_kwargs["cclm_memory_index"] = memory_index
+        else:
+            memories, memory_masks = [], []
+        if output_positions is not None:
+            output_positions = _check_positions(output_positions, hidden.shape[0], length, full_length)
+        packing = _Packing.of(attention_mask) if self._packs(attention_mask, stop - start) else None
+        if packing is not None:
+            hidden = packing.pack(hidden)
         for k in range(start, stop):
             memory = memory_mask = None
             if k >= self.fusion_layer and memories:
                 j = (k - self.fusion_layer) % len(memories)
                 memory, memory_mask = memories[j], memory_masks[j]
-            hidden = self.encoder.layer[k](hidden, self_mask, memory, encoder_attention_mask=memory_mask)
+            layer = self.encoder.layer[k]
+            if output_positions is not None and k == stop - 1:
+                if packing is not None:
+                    hidden = packing.unpack(hidden)
+                return _layer_at_positions(layer, hidden, output_positions, self_mask, memory, memory_mask,
+                                           **layer_kwargs)
+            if packing is not None:
+                hidden = _packed_layer(layer, hidden, packing, self_mask, memory, memory_mask, **layer_kwargs)
+            else:
+                hidden = layer(hidden, self_mask, memory, encoder_attention_mask=memory_mask, **layer_kwargs)
+        if packing is not None:
+            hidden = packing.unpack(hidden)
+        if output_positions is not None:  # no layer ran
+            return torch.gather(hidden, 1, output_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        if length < full_length:
+            hidden = F.pad(hidden, (0, 0, 0, full_length - length))
         return hidden
+
+    def _packs(self, attention_mask: torch.Tensor, num_layers: int) -> bool:
+        """Run the layers on the real tokens only? In training, when at least 10% of the positions are padding.
+
+        (In eval the padded positions keep the values the reference computes there, which the golden fixture
+        records; in training nothing reads them.)"""
+        if not (self.pack_padding and self.training and num_layers > 0 and torch.is_grad_enabled()) \
+                or torch.compiler.is_compiling() or attention_mask.is_meta:
+            return False
+        return bool(attention_mask.ne(0).float().mean() < 0.9)
+
+
+class _Packing(NamedTuple):
+    """Where the real (non-padding) tokens of a rows x length batch are: ``index`` into the flattened positions."""
+
+    index: torch.Tensor
+    rows: int
+    length: int
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor) -> "_Packing":
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), *attention_mask.shape)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """rows x length x ... -> tokens x ..."""
+        return x.reshape(self.rows * self.length, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """tokens x ... -> rows x length x ..., zeros at the padding."""
+        padded = x.new_zeros((self.rows * self.length, *x.shape[1:]))
+        return padded.index_copy(0, self.index, x).view(self.rows, self.length, *x.shape[1:])
+
+
+def _packed_layer(layer: XLMRobertaLayer, hidden, packing: _Packing, self_mask, memory, memory_mask, **kwargs):
+    """``layer`` on packed real tokens (tokens x D): the token-wise parts (projections, LayerNorms, feed-forward,
+    dropout) run on the real tokens only; attention runs on the padded layout, as before."""
+    if layer.gradient_checkpointing and torch.is_grad_enabled():
+        return checkpoint(partial(_packed_layer_forward, layer, packing=packing, self_mask=self_mask, memory=memory,
+                                  memory_mask=memory_mask, **kwargs), hidden, use_reentrant=False)
+    return _packed_layer_forward(layer, hidden, packing, self_mask, memory, memory_mask, **kwargs)
+
+
+def _packed_layer_forward(layer, hidden, packing, self_mask, memory, memory_mask, **kwargs):
+    attn = layer.attention.self
+    qkv = packing.unpack(torch.cat([attn.query(hidden), attn.key(hidden), attn.value(hidden)], dim=-1))
+    q, k, v = (t.view(packing.rows, packing.length, attn.num_attention_heads, -1).transpose(1, 2)
+               for t in qkv.chunk(3, dim=-1))
+    out = _attention_of(attn, q, k, v, self_mask)
+    states = layer.attention.output(packing.pack(out.reshape(packing.rows, packing.length, -1)), hidden)
+    if memory is not None:
+        cross = layer.crossattention.self
+        heads = cross.num_attention_heads
+        q = packing.unpack(cross.query(states)).view(packing.rows, packing.length, heads, -1).transpose(1, 2)
+        k = cross.key(memory).view(*memory.shape[:2], heads, -1).transpose(1, 2)
+        v = cross.value(memory).view(*memory.shape[:2], heads, -1).transpose(1, 2)
+        out = _attention_of(cross, q, k, v, memory_mask, **kwargs)
+        states = layer.crossattention.output(packing.pack(out.reshape(packing.rows, packing.length, -1)), states)
+    return layer.feed_forward_chunk(states)
+
+
+def _attention_of(module, q, k, v, mask, **kwargs) -> torch.Tensor:
+    """Our attention function as ``module`` would call it (its kernel choice and dropout rate)."""
+    out, _ = _cclm_attention(module, q, k, v, mask, dropout=module.dropout.p if module.training else 0.0,
+                             use_sdpa=module.config._attn_implementation == ATTENTION_IMPLEMENTATIONS["sdpa"],
+                             **kwargs)
+    return out
+
+
+def _checkable(index: torch.Tensor) -> bool:
+    """Whether to range-check an index tensor (not when empty, on the meta device or inside torch.compile, where
+    reading values would break the graph)."""
+    return bool(index.numel()) and not index.is_meta and not torch.compiler.is_compiling()
+
+
+def _check_positions(positions: torch.Tensor, rows: int, length: int, full_length: int) -> torch.Tensor:
+    if positions.dim() != 2 or positions.shape[0] != rows:
+        raise ValueError(f"output_positions must be {rows} x P, got {tuple(positions.shape)}")
+    if _checkable(positions) and (int(positions.min()) < 0 or int(positions.max()) >= full_length):
+        raise ValueError(f"output_positions must lie in [0, {full_length})")
+    # A position beyond the used length is padding everywhere: its state is not defined by the text, use the last.
+    return positions.to(torch.long).clamp(max=length - 1)
+
+
+def _layer_at_positions(layer: XLMRobertaLayer, hidden, positions, self_mask, memory, memory_mask, **kwargs):
+    """``layer(hidden)`` at ``positions`` only (B x P): queries there, keys/values of every position; B x P x D."""
+    rows, width = hidden.shape[0], hidden.shape[-1]
+    queries = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, width))
+    attn = layer.attention.self
+    heads, head_dim = attn.num_attention_heads, attn.attention_head_size
+    q = attn.query(queries).view(rows, -1, heads, head_dim).transpose(1, 2)
+    k = attn.key(hidden).view(rows, -1, heads, head_dim).transpose(1, 2)
+    v = attn.value(hidden).view(rows, -1, heads, head_dim).transpose(1, 2)
+    out = _attention_of(attn, q, k, v, self_mask)
+    states = layer.attention.output(out.reshape(rows, queries.shape[1], -1), queries)
+    if memory is not None:
+        states, _ = layer.crossattention(states, None, memory, memory_mask, **kwargs)
+    return layer.feed_forward_chunk(states)
+
+
+def _used_length(attention_mask: torch.Tensor | None, full_length: int) -> int:
+    """1 + the last position that is not padding in some row (at least 1); ``full_length`` without a mask."""
+    # Under torch.compile a data-dependent length would recompile the graph for every length: keep the full one.
+    if attention_mask is None or attention_mask.is_meta or full_length == 0 or torch.compiler.is_compiling():
+        return full_length
+    used = attention_mask.ne(0).any(dim=0).nonzero()
+    return max(1, int(used[-1]) + 1) if used.numel() else 1
+
+
+def _prepare_memory(states, masks, memory_index, num_rows: int, dtype):
+    """(memories, additive masks, memory index) for the fusion layers.
+
+    With ``memory_index`` (or, without gradients, when rows of a single memory tensor are exact copies of each
+    other, as in a retrieval re-rank) the memory is kept compact and the masks are expanded to one row per text.
+    """
+    if memory_index is not None:
+        if states is None or not isinstance(states, torch.Tensor):
+            raise ValueError("memory_index needs encoder_hidden_states as a single tensor (M x S x width)")
+        memory_index = memory_index.to(device=states.device, dtype=torch.long).reshape(-1)
+        if memory_index.shape[0] != num_rows:
+            raise ValueError(f"memory_index has {memory_index.shape[0]} entries for {num_rows} text rows")
+        if _checkable(memory_index) and (int(memory_index.min()) < 0 or int(memory_index.max()) >= states.shape[0]):
+            raise ValueError(f"memory_index values must lie in [0, {states.shape[0]}) (the memory's rows)")
+    elif isinstance(states, torch.Tensor) and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        states, masks, memory_index = _deduplicate_memory(states, masks)
+    memories, memory_masks = _as_memory_lists(states, masks, dtype)
+    if memory_index is not None:
+        memory_masks = [None if m is None else m.index_select(0, memory_index) for m in memory_masks]
+    return memories, memory_masks, memory_index
+
+
+def _deduplicate_memory(states: torch.Tensor, masks: torch.Tensor | None):
+    """(unique rows, their masks, index of each original row) when some rows (with their masks) repeat exactly;
+    the inputs and index None otherwise. Rows are grouped by an exact hash of their bits, then checked equal."""
+    n = states.shape[0]
+    if n < 2 or states.is_meta or states.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return states, masks, None
+    flat = states.reshape(n, -1)
+    bits = flat.view(torch.int32 if flat.dtype == torch.float32 else torch.int16).to(torch.int64)
+    weights = torch.arange(1, bits.shape[1] + 1, device=bits.device, dtype=torch.int64) * 2654435761
+    key = (bits * weights).sum(dim=1)
+    if masks is not None:
+        key = key * 31 + (masks.reshape(n, -1).to(torch.int64) * weights[:masks[0].numel()]).sum(dim=1)
+    unique_keys, inverse = torch.unique(key, return_inverse=True)
+    if unique_keys.numel() == n:
+        return states, masks, None
+    first = torch.full((unique_keys.numel(),), n, dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(n, device=key.device), reduce="amin")
+    compact, compact_masks = states.index_select(0, first), None if masks is None else masks.index_select(0, first)
+    if not torch.equal(compact.index_select(0, inverse), states) or \
+            (masks is not None and not torch.equal(compact_masks.index_select(0, inverse), masks)):
+        return states, masks, None  # a hash collision between different rows: no sharing
+    return compact, compact_masks, inverse
 
 
 def _as_memory_lists(states, masks, dtype):
@@ -260,18 +506,23 @@ class TextEncoder(nn.Module):
         self.bert.set_grad_checkpointing(enable)
 
     def forward(self, input_ids=None, attention_mask=None, encoder_embeds=None, encoder_hidden_states=None,
-                encoder_attention_mask=None, mode: str = "multi_modal") -> torch.Tensor:
+                encoder_attention_mask=None, mode: str = "multi_modal", memory_index=None,
+                output_positions=None) -> torch.Tensor:
         """Last hidden state of the selected layers (see ``TextBackbone.forward``)."""
         return self.bert(input_ids=input_ids, attention_mask=attention_mask, encoder_embeds=encoder_embeds,
                          encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-                         mode=mode)
+                         mode=mode, memory_index=memory_index, output_positions=output_positions)
 
     def mlm_logits(self, hidden_states: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (B x n_mask x V) at ``masked_pos`` only: hidden states are gathered before the head."""
+        index = masked_pos.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
+        return self.token_logits(torch.gather(hidden_states, 1, index))
+
+    def token_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of already selected states (... x hidden -> ... x V)."""
         if self.cls is None:
             raise RuntimeError("this TextEncoder was built without an MLM head")
-        index = masked_pos.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
-        return self.cls(torch.gather(hidden_states, 1, index))
+        return self.cls(states)
 
 
 def load_text_config(text_encoder: str | Path, num_hidden_layers: int | None = None) -> XLMRobertaConfig:

@@ -19,8 +19,9 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from scipy.interpolate import RectBivariateSpline
-from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,50 @@ def _is_positive_int(value) -> bool:
 
 # --------------------------------------------------------------------------------------------- encoder
 
+class _OnePassBiasWindowAttention(WindowAttention):
+    """timm's window attention with the relative-position bias and the shifted-window mask summed first (a small
+    nW x heads x N x N tensor) and added to the scores once, in the scores' dtype.
+
+    Same maths as timm's unfused path in float32; under bf16 autocast the N_windows x heads x N x N scores are no
+    longer promoted to float32 by the float32 bias (one add, a bf16 softmax with float accumulation, no casts), which
+    was the largest cost of the tiny Swin's step on CPU. On CUDA the attention runs through SDPA, like timm's fused
+    path. The bias table is gathered with index_select (a deterministic backward). Instances of timm's class are
+    switched to this one in SwinVisionEncoder (no state is added).
+    """
+
+    use_sdpa: Optional[bool] = None  # None: SDPA on CUDA, the explicit softmax elsewhere (faster on CPU with a bias)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        batch_windows, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch_windows, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = self._get_rel_pos_bias()  # 1 x heads x N x N
+        if mask is not None:
+            bias = bias.unsqueeze(1) + mask.unsqueeze(1).unsqueeze(0)  # 1 x nW x heads x N x N
+        if self.use_sdpa if self.use_sdpa is not None else x.is_cuda:
+            x = self._fused_attention(q, k, v, bias)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            attn = (attn.view(-1, *bias.shape[1:]) + bias.to(attn.dtype)).view(attn.shape)
+            x = self.attn_drop(self.softmax(attn)) @ v
+        x = x.transpose(1, 2).reshape(batch_windows, tokens, -1)
+        return self.proj_drop(self.proj(x))
+
+    def _get_rel_pos_bias(self) -> torch.Tensor:
+        """1 x heads x N x N bias from the table, gathered with index_select: the backward of timm's table[index]
+        (repeated indices) adds with atomics on multi-threaded CPUs once large enough (Swin-B): non-deterministic."""
+        rows = self.relative_position_bias_table.index_select(0, self.relative_position_index.view(-1))
+        return rows.view(self.window_area, self.window_area, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+
+    def _fused_attention(self, q, k, v, bias) -> torch.Tensor:
+        """The same attention through SDPA (on CUDA its memory-efficient kernel also gives the bias gradient)."""
+        if bias.dim() == 5:  # 1 x nW x heads x N x N: one copy per image of the windows' bias + mask
+            bias = bias.expand(q.shape[0] // bias.shape[1], *bias.shape[1:]).reshape(q.shape[0], *bias.shape[2:])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype).expand(q.shape[0], -1, -1, -1),
+                                              dropout_p=self.attn_drop.p if self.training else 0.0,
+                                              scale=self.scale)
+
+
 class SwinVisionEncoder(nn.Module):
     """Swin transformer returning [mean patch token] + final patch tokens, as the reference's vision encoder."""
 
@@ -140,6 +185,9 @@ class SwinVisionEncoder(nn.Module):
         self.patch_embed = swin.patch_embed
         self.layers = swin.layers
         self.norm = swin.norm
+        for module in self.layers.modules():
+            if type(module) is WindowAttention:
+                module.__class__ = _OnePassBiasWindowAttention
         self.set_grad_checkpointing(grad_checkpointing)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -155,20 +203,35 @@ class SwinVisionEncoder(nn.Module):
     def forward(self, image: torch.Tensor, idx_to_group_img: Optional[torch.Tensor] = None,
                 image_atts: Optional[torch.Tensor] = None):
         """B x (1+L) x width; in region mode a pair (region_embeds, full_embeds) with one row per idx entry."""
-        if image.dim() != 4 or tuple(image.shape[-2:]) != (self.image_res, self.image_res):
-            raise ValueError(f"image must be B x 3 x {self.image_res} x {self.image_res}, got {tuple(image.shape)}")
         if (idx_to_group_img is None) != (image_atts is None):
             raise ValueError("region mode needs both idx_to_group_img and image_atts (got only one)")
-        patches = self.patch_tokens(image)
-        full = torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
         if idx_to_group_img is None:
-            return full
+            self._check_image(image)
+            return self._with_mean_token(self.patch_tokens(image))
+        region, full = self.forward_regions(image, idx_to_group_img, image_atts)
+        return region, full.index_select(0, idx_to_group_img)
+
+    def forward_regions(self, image: torch.Tensor, idx_to_group_img: torch.Tensor, image_atts: torch.Tensor):
+        """Region mode with each image's full sequence once: (region embeds, one row per idx entry;
+        full embeds, one row per image)."""
+        self._check_image(image)
         self._check_region_inputs(idx_to_group_img, image_atts, num_images=image.shape[0])
-        region_patches = patches[idx_to_group_img]
+        patches = self.patch_tokens(image)
+        # index_select, not patches[idx]: several texts share an image, and advanced indexing's backward adds the
+        # repeated rows with atomics on multi-threaded CPUs (a varying order, so a non-deterministic gradient).
+        region_patches = patches.index_select(0, idx_to_group_img)
         weights = image_atts[:, 1:].unsqueeze(2).to(region_patches.dtype)
         region_cls = (weights * region_patches).sum(dim=1) / weights.sum(dim=1)
         region = torch.cat([region_cls.unsqueeze(1), region_patches], dim=1)
-        return region, full[idx_to_group_img]
+        return region, self._with_mean_token(patches)
+
+    @staticmethod
+    def _with_mean_token(patches: torch.Tensor) -> torch.Tensor:
+        return torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+
+    def _check_image(self, image: torch.Tensor) -> None:
+        if image.dim() != 4 or tuple(image.shape[-2:]) != (self.image_res, self.image_res):
+            raise ValueError(f"image must be B x 3 x {self.image_res} x {self.image_res}, got {tuple(image.shape)}")
 
     def _check_region_inputs(self, idx: torch.Tensor, atts: torch.Tensor, num_images: int) -> None:
         if idx.dim() != 1 or idx.dtype not in (torch.int64, torch.int32):

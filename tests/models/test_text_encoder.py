@@ -212,3 +212,126 @@ def test_load_text_config_reports_missing_file(tmp_path):
         load_text_config(tmp_path)
     tiny_config().save_pretrained(tmp_path)
     assert load_text_config(tmp_path, num_hidden_layers=2).num_hidden_layers == 2
+
+
+# ------------------------------------------------------------------ fast path (see bench/RESULTS.md)
+
+def no_dropout_encoder(seed=0) -> TextEncoder:
+    torch.manual_seed(seed)
+    return TextEncoder(tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), fusion_layer=FUSION)
+
+
+def padded_batch():
+    """4 rows of 9 tokens, 3 of them padded (one to 3 tokens): a third of the positions are padding."""
+    ids = random_ids(batch=4, length=9)
+    atts = torch.ones_like(ids)
+    atts[1:, 6:] = 0
+    atts[3, 3:] = 0
+    ids[atts == 0] = 1
+    return ids, atts
+
+
+def test_training_on_real_tokens_only_matches_the_padded_computation():
+    enc = no_dropout_encoder()
+    ids, atts = padded_batch()
+    kwargs = dict(encoder_hidden_states=torch.randn(2, 5, HIDDEN), memory_index=torch.tensor([0, 1, 1, 0]))
+    expected = enc.eval()(ids, atts, **kwargs)
+    got = enc.train()(ids, atts, **kwargs)
+    real = atts.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-6, rtol=1e-5)
+    assert got[~real].abs().max() == 0  # in training the padding is not computed at all
+
+
+def test_grad_checkpointing_gives_the_same_gradients_on_real_tokens():
+    enc = no_dropout_encoder().train()
+    ids, atts = padded_batch()
+    memory = torch.randn(4, 5, HIDDEN)
+
+    def grads():
+        enc.zero_grad(set_to_none=True)
+        enc(ids, atts, encoder_hidden_states=memory).sum().backward()
+        return {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    enc.set_grad_checkpointing(True)
+    recomputed = grads()
+    assert set(plain) == set(recomputed)
+    for name, grad in plain.items():
+        torch.testing.assert_close(recomputed[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_memory_index_equals_the_expanded_memory():
+    enc = make_encoder()
+    ids, atts = padded_batch()
+    memory = torch.randn(2, 5, HIDDEN)
+    memory_atts = torch.ones(2, 5, dtype=torch.long)
+    memory_atts[1, 3:] = 0
+    index = torch.tensor([1, 0, 1, 1])
+    expected = enc(ids, atts, encoder_hidden_states=memory[index], encoder_attention_mask=memory_atts[index])
+    got = enc(ids, atts, encoder_hidden_states=memory, encoder_attention_mask=memory_atts, memory_index=index)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="3 entries for 4 text rows"):
+        enc(ids, atts, encoder_hidden_states=memory, memory_index=index[:3])
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        enc(ids, atts, encoder_hidden_states=memory, memory_index=torch.tensor([0, 1, 2, 0]))
+
+
+def test_repeated_memory_rows_are_projected_once_without_gradients():
+    enc = make_encoder()
+    memory = torch.randn(3, 5, HIDDEN)
+    index = torch.tensor([2, 0, 2, 2, 1])
+    ids, atts = random_ids(batch=5), torch.ones(5, 7, dtype=torch.long)
+    rows_seen = []
+    hook = enc.bert.encoder.layer[FUSION].crossattention.self.key.register_forward_hook(
+        lambda module, inputs, output: rows_seen.append(inputs[0].shape[0]))
+    with torch.no_grad():
+        shared = enc(ids, atts, encoder_hidden_states=memory[index])
+    plain = enc(ids, atts, encoder_hidden_states=memory[index])  # with gradients: no sharing
+    hook.remove()
+    assert rows_seen == [3, 5]
+    torch.testing.assert_close(shared, plain, atol=1e-6, rtol=1e-5)
+
+
+def test_trailing_padding_columns_are_not_computed():
+    enc = make_encoder()
+    ids = random_ids(batch=3, length=6)
+    atts = torch.ones_like(ids)
+    atts[1, 4:] = 0
+    wide_ids = torch.cat([ids, torch.ones(3, 4, dtype=torch.long)], dim=1)
+    wide_atts = torch.cat([atts, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    out = enc(wide_ids, wide_atts, mode="text")
+    assert out.shape == (3, 10, HIDDEN)
+    torch.testing.assert_close(out[:, :6], enc(ids, atts, mode="text"), atol=1e-6, rtol=1e-5)
+    assert out[:, 6:].abs().max() == 0
+
+
+def test_output_positions_give_the_states_at_those_positions():
+    enc = make_encoder()
+    ids, atts = padded_batch()
+    memory = torch.randn(4, 5, HIDDEN)
+    full = enc(ids, atts, encoder_hidden_states=memory)
+    positions = torch.tensor([[0, 2], [1, 0], [5, 5], [0, 1]])
+    got = enc(ids, atts, encoder_hidden_states=memory, output_positions=positions)
+    expected = torch.gather(full, 1, positions.unsqueeze(-1).expand(-1, -1, HIDDEN))
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 9\)"):
+        enc(ids, atts, encoder_hidden_states=memory, output_positions=positions + 4)
+
+
+def test_fast_dropout_rate_scale_and_gradient():
+    from models.text_encoder import FastDropout, fast_dropout
+
+    x = torch.ones(200_000)
+    y = fast_dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005
+    scale = 1 / (1 - round(0.1 * 32768) / 32768)  # the rate is a multiple of 1/32768
+    assert torch.allclose(y[kept], torch.full((int(kept.sum()),), scale))
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
+    leaf = torch.randn(1000, requires_grad=True)
+    out = fast_dropout(leaf, 0.3)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(leaf.grad, (out != 0).float() * (1 / (1 - round(0.3 * 32768) / 32768)))
+    encoder = make_encoder()
+    assert all(type(m) is not torch.nn.Dropout for m in encoder.modules())
+    assert sum(isinstance(m, FastDropout) for m in encoder.modules()) > 0

@@ -405,3 +405,67 @@ def test_full_size_swin_b_matches_manifest(shared_docs, manifest):
     # without buffers: exactly the manifest's parameters
     params = swin_ours_to_reference(encoder.state_dict())
     assert set(params) == {k for k in rows if not k.endswith(("relative_position_index", "attn_mask"))}
+
+
+# --------------------------------------------------------------------------------------------- fast path
+
+def _encoder_with_random_bias_tables(seed=0):
+    """A small Swin with shifted windows in two stages and non-zero relative-position biases."""
+    torch.manual_seed(seed)
+    config = {"image_res": 64, "window_size": 4, "embed_dim": 8, "depths": [2, 2, 2, 1], "num_heads": [1, 2, 2, 2],
+              "vision_width": 64}
+    encoder = SwinVisionEncoder(config, drop_path_rate=0.0).eval()
+    with torch.no_grad():
+        for name, param in encoder.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                param.normal_()
+    return encoder
+
+
+def _window_attentions(encoder):
+    from models.vision import _OnePassBiasWindowAttention
+
+    return [m for m in encoder.modules() if isinstance(m, _OnePassBiasWindowAttention)]
+
+
+def test_window_attention_adds_bias_and_mask_like_timm():
+    from timm.models.swin_transformer import WindowAttention
+
+    encoder = _encoder_with_random_bias_tables()
+    attentions = _window_attentions(encoder)
+    assert len(attentions) == 7 and any(block.attn_mask is not None for stage in encoder.layers
+                                        for block in stage.blocks)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = encoder(images)
+        for module in attentions:
+            module.__class__ = WindowAttention  # timm's own forward
+        theirs = encoder(images)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_window_attention_sdpa_path_matches_the_explicit_one():
+    encoder = _encoder_with_random_bias_tables().train()
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    outputs, grads = [], []
+    for use_sdpa in (False, True):
+        for module in _window_attentions(encoder):
+            module.use_sdpa = use_sdpa
+        encoder.zero_grad(set_to_none=True)
+        out = encoder(images)
+        out.square().mean().backward()
+        outputs.append(out.detach())
+        grads.append(encoder.layers[0].blocks[1].attn.relative_position_bias_table.grad.clone())
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
+
+
+def test_forward_regions_gives_each_image_once(tiny_encoder, images):
+    idx = torch.tensor([1, 1, 0])
+    atts = torch.ones(3, 50, dtype=torch.long)
+    with torch.no_grad():
+        region, full = tiny_encoder.forward_regions(images, idx, atts)
+        expected = tiny_encoder(images)
+    assert full.shape == (3, 50, 128) and region.shape == (3, 50, 128)
+    torch.testing.assert_close(full, expected, rtol=0, atol=0)
+    torch.testing.assert_close(region, expected[idx], rtol=1e-6, atol=1e-6)  # whole-image regions
