@@ -14,7 +14,7 @@ Numerics that matter for parity with the reference (see the golden fixture's REA
 
 Work that cannot change a result is skipped (bench/RESULTS.md has the figures): trailing columns that are padding in
 every row; in training, every padding position (the layers run on the real tokens, attention on the padded layout);
-repeated projections of a shared cross-attention memory (``memory_index``, or identical rows without gradients); in
+repeated projections of a shared cross-attention memory (``memory_index``); in
 the last layer, the positions nobody reads (``output_positions``). On CPU, dropout draws its mask from random bits
 and training attention avoids SDPA's unfused fallback.
 """
@@ -89,8 +89,9 @@ def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     query = query / math.sqrt(query.shape[-1])
     if attention_mask is not None and attention_mask.dtype != query.dtype:  # under autocast
         attention_mask = attention_mask.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
-    # With dropout, CPU SDPA falls back to its unfused maths plus fully-masked-row checks: the plain path is faster.
-    if use_sdpa and not (dropout > 0 and query.device.type == "cpu"):
+    # On CPU the plain path is faster at text lengths (bench/RESULTS.md): SDPA's CPU kernel with a mask took 1.5-2x
+    # longer for 40 x 40-50 attention, and with dropout it falls back to unfused maths plus fully-masked-row checks.
+    if use_sdpa and query.device.type != "cpu":
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                              is_causal=False, scale=1.0)
     else:
@@ -377,8 +378,7 @@ def _used_length(attention_mask: torch.Tensor | None, full_length: int) -> int:
 def _prepare_memory(states, masks, memory_index, num_rows: int, dtype):
     """(memories, additive masks, memory index) for the fusion layers.
 
-    With ``memory_index`` (or, without gradients, when rows of a single memory tensor are exact copies of each
-    other, as in a retrieval re-rank) the memory is kept compact and the masks are expanded to one row per text.
+    With ``memory_index`` the memory is kept compact and the masks are expanded to one row per text.
     """
     if memory_index is not None:
         if states is None or not isinstance(states, torch.Tensor):
@@ -388,36 +388,10 @@ def _prepare_memory(states, masks, memory_index, num_rows: int, dtype):
             raise ValueError(f"memory_index has {memory_index.shape[0]} entries for {num_rows} text rows")
         if _checkable(memory_index) and (int(memory_index.min()) < 0 or int(memory_index.max()) >= states.shape[0]):
             raise ValueError(f"memory_index values must lie in [0, {states.shape[0]}) (the memory's rows)")
-    elif isinstance(states, torch.Tensor) and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        states, masks, memory_index = _deduplicate_memory(states, masks)
     memories, memory_masks = _as_memory_lists(states, masks, dtype)
     if memory_index is not None:
         memory_masks = [None if m is None else m.index_select(0, memory_index) for m in memory_masks]
     return memories, memory_masks, memory_index
-
-
-def _deduplicate_memory(states: torch.Tensor, masks: torch.Tensor | None):
-    """(unique rows, their masks, index of each original row) when some rows (with their masks) repeat exactly;
-    the inputs and index None otherwise. Rows are grouped by an exact hash of their bits, then checked equal."""
-    n = states.shape[0]
-    if n < 2 or states.is_meta or states.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return states, masks, None
-    flat = states.reshape(n, -1)
-    bits = flat.view(torch.int32 if flat.dtype == torch.float32 else torch.int16).to(torch.int64)
-    weights = torch.arange(1, bits.shape[1] + 1, device=bits.device, dtype=torch.int64) * 2654435761
-    key = (bits * weights).sum(dim=1)
-    if masks is not None:
-        key = key * 31 + (masks.reshape(n, -1).to(torch.int64) * weights[:masks[0].numel()]).sum(dim=1)
-    unique_keys, inverse = torch.unique(key, return_inverse=True)
-    if unique_keys.numel() == n:
-        return states, masks, None
-    first = torch.full((unique_keys.numel(),), n, dtype=torch.long, device=key.device)
-    first.scatter_reduce_(0, inverse, torch.arange(n, device=key.device), reduce="amin")
-    compact, compact_masks = states.index_select(0, first), None if masks is None else masks.index_select(0, first)
-    if not torch.equal(compact.index_select(0, inverse), states) or \
-            (masks is not None and not torch.equal(compact_masks.index_select(0, inverse), masks)):
-        return states, masks, None  # a hash collision between different rows: no sharing
-    return compact, compact_masks, inverse
 
 
 def _as_memory_lists(states, masks, dtype):

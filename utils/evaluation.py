@@ -2,16 +2,20 @@
 
 Stage 1 ranks every image-text pair by the cosine similarity of the contrastive features. Stage 2 re-scores each
 query's top ``k_test`` candidates with the matching head (the raw class-1 ITM logit, as the reference does) and
-ranks by that. Queries are split across processes. Unlike the reference, which ran one fusion forward per query
-(``k_test`` pairs), the re-rank packs many candidate pairs into one forward (``rerank_batch`` pairs), and only the
-top-k lists are kept (the reference filled dense N_img x N_txt matrices with -100, which for 5k x 25k is 1 GB).
+ranks by that; equal scores keep the lower candidate index first. The reference ran one fusion forward per query
+(``k_test`` pairs) and direction, and filled dense N_img x N_txt matrices with -100 (1 GB for 5k x 25k). Here the
+candidate pairs of both directions are pooled and each distinct (image, text) pair is scored once; the pairs are
+sorted by image and packed ``rerank_batch`` to a fusion forward, in which each image's cross-attention keys and
+values are projected once and the last fusion layer computes only the CLS. The pairs are split across processes;
+only the top-k lists are kept.
 
-The model is reached through a small interface (any object with these methods, usually the retrieval model):
+The model is reached through a small interface (any object with these methods, usually ``CCLMView``):
     ``image_embeds(image) -> (B, 1+L, D)``            vision tokens
     ``image_feat(image_embeds) -> (B, E)``            L2-normalised contrastive feature
     ``text_embeds(text_ids, text_atts) -> (B, T, D)`` text-mode hidden states
     ``text_feat(text_embeds) -> (B, E)``
-    ``itm_logits(image_embeds, image_atts, text_embeds, text_atts) -> (N,)`` class-1 matching logits of N pairs
+    ``itm_logits(image_embeds, image_atts, text_embeds, text_atts, image_index=None) -> (N,)`` class-1 matching
+        logits of N pairs: text row r with image row ``image_index[r]`` (row r when ``image_index`` is None)
 """
 from __future__ import annotations
 
@@ -44,10 +48,10 @@ class CCLMView:
     def text_feat(self, text_embeds: torch.Tensor) -> torch.Tensor:
         return self.model.get_text_feat(text_embeds)
 
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts) -> torch.Tensor:
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None) -> torch.Tensor:
         """Raw class-1 ITM logit of each (image row, text row) pair, all pairs in one fusion forward."""
-        fused = self.model.get_cross_embeds(image_embeds, image_atts, text_embeds=text_embeds, text_atts=text_atts)
-        return self.model.itm_head(fused[:, 0])[:, 1]
+        cls = self.model.get_cross_cls(image_embeds, image_atts, text_embeds, text_atts, memory_index=image_index)
+        return self.model.itm_head(cls)[:, 1]
 
 
 @dataclass
@@ -97,45 +101,76 @@ def shard_rows(n: int, rank: int, world: int) -> range:
 
 
 @torch.no_grad()
-def rerank_pairs(model, img: EncodedImages, txt: EncodedTexts, image_idx: torch.Tensor, text_idx: torch.Tensor,
-                 batch: int) -> torch.Tensor:
-    """ITM logits of the pairs (image_idx[j], text_idx[j]), ``batch`` pairs per fusion forward."""
+def score_pairs(model, img: EncodedImages, txt: EncodedTexts, image_idx: torch.Tensor, text_idx: torch.Tensor,
+                batch: int) -> torch.Tensor:
+    """ITM logits of the pairs (image_idx[j], text_idx[j]), ``batch`` pairs per fusion forward.
+
+    Each forward gets the distinct images of its pairs once (the model shares their keys/values), so pairs sorted
+    by image make the fewest image rows."""
     out = []
     for s in range(0, len(image_idx), batch):
-        ii, tt = image_idx[s:s + batch], text_idx[s:s + batch]
-        ie = img.embeds[ii]
-        ia = torch.ones(ie.shape[:2], dtype=torch.long, device=ie.device)
-        out.append(model.itm_logits(ie, ia, txt.embeds[tt], txt.atts[tt]).float())
+        images, image_index = image_idx[s:s + batch].unique(return_inverse=True)
+        texts = text_idx[s:s + batch]
+        memory = img.embeds[images]
+        memory_atts = torch.ones(memory.shape[:2], dtype=torch.long, device=memory.device)
+        out.append(model.itm_logits(memory, memory_atts, txt.embeds[texts], txt.atts[texts],
+                                    image_index=image_index).float())
     return torch.cat(out) if out else torch.empty(0)
 
 
-@torch.no_grad()
-def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 256,
-                direction: str = "i2t") -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query (images for 'i2t', texts for 't2i'), its top-k candidates re-scored and sorted by ITM.
-
-    Returns (indices, scores), both (N_query, k) on the CPU, best first, gathered from every rank.
-    """
+def candidates(img: EncodedImages, txt: EncodedTexts, k_test: int, direction: str) -> torch.Tensor:
+    """Stage 1: each query's ``k_test`` most similar candidates by contrastive feature, (N_query, k)."""
     sims = img.feats @ txt.feats.t()
     if direction == "t2i":
         sims = sims.t()
-    n_query, n_cand = sims.shape
-    k = min(k_test, n_cand)
-    rows = shard_rows(n_query, get_rank(), get_world_size())
-    cand = sims[rows.start:rows.stop].topk(k, dim=1).indices  # (n_rows, k)
-    query = torch.arange(rows.start, rows.stop, device=cand.device).repeat_interleave(k)
-    flat = cand.reshape(-1)
-    image_idx, text_idx = (query, flat) if direction == "i2t" else (flat, query)
-    scores = rerank_pairs(model, img, txt, image_idx, text_idx, rerank_batch).view(-1, k)
+    return sims.topk(min(k_test, sims.shape[1]), dim=1).indices
+
+
+def order_by_score(cand: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row's candidates by score, best first; equal scores put the lower candidate index first."""
+    by_index = cand.argsort(dim=1)
+    cand, scores = cand.gather(1, by_index), scores.gather(1, by_index)
     order = scores.argsort(dim=1, descending=True, stable=True)
-    idx_local, score_local = cand.gather(1, order), scores.gather(1, order)
+    return cand.gather(1, order), scores.gather(1, order)
+
+
+@torch.no_grad()
+def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 256,
+                directions: Sequence[str] = ("i2t", "t2i")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Two-stage rankings: {direction: (indices, scores)}, both (N_query, k) on the CPU, best first.
+
+    The distinct candidate pairs of all ``directions`` are scored once, split across processes (every process
+    returns the whole result)."""
+    n_txt = txt.feats.shape[0]
+    cand = {d: candidates(img, txt, k_test, d) for d in directions}
+    keys = []  # pair (image i, text t) -> i * n_txt + t
+    for d, c in cand.items():
+        query = torch.arange(c.shape[0], device=c.device).unsqueeze(1)
+        keys.append((query * n_txt + c if d == "i2t" else c * n_txt + query).reshape(-1))
+    pairs = torch.cat(keys).unique()  # sorted: grouped by image
+    mine = shard_rows(len(pairs), get_rank(), get_world_size())
+    local = pairs[mine.start:mine.stop]
+    scores = score_pairs(model, img, txt, local // n_txt, local % n_txt, rerank_batch).to(pairs.device)
     if is_dist():
-        idx_local, score_local = _gather_rows(idx_local, n_query, k), _gather_rows(score_local, n_query, k)
-    return idx_local.cpu(), score_local.cpu()
+        scores = _gather_rows(scores.view(-1, 1), len(pairs), 1).view(-1)
+    out = {}
+    for d, key in zip(cand, keys):
+        pair_scores = scores[torch.searchsorted(pairs, key)].view(cand[d].shape)
+        idx, sc = order_by_score(cand[d], pair_scores)
+        out[d] = (idx.cpu(), sc.cpu())
+    return out
+
+
+def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 256,
+                direction: str = "i2t") -> tuple[torch.Tensor, torch.Tensor]:
+    """One direction of :func:`rerank_topk`: (indices, scores) of each query (images for 'i2t', texts for 't2i')."""
+    if direction not in ("i2t", "t2i"):
+        raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
+    return rerank_topk(model, img, txt, k_test, rerank_batch, (direction,))[direction]
 
 
 def _gather_rows(local: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    # Every rank owns at most ceil(n/world) rows: pad to that, gather, trim.
+    # Every rank owns at most ceil(n/world) rows (shard_rows): pad to that, gather, trim.
     per = -(-n // get_world_size())
     padded = torch.zeros((per, k), dtype=local.dtype, device=local.device)
     padded[:len(local)] = local
@@ -184,8 +219,8 @@ def evaluate_retrieval(model, img: EncodedImages, txt: EncodedTexts, img2txt: Se
                        k_test: int, rerank_batch: int = 256, ks: Sequence[int] = (1, 5, 10),
                        with_itc: bool = True) -> dict:
     """Two-stage metrics (ITM re-rank of the ITC top-k); with ``with_itc`` also the ITC-only ones, prefixed ``itc_``."""
-    i2t, _ = topk_rerank(model, img, txt, k_test, rerank_batch, "i2t")
-    t2i, _ = topk_rerank(model, img, txt, k_test, rerank_batch, "t2i")
+    ranked = rerank_topk(model, img, txt, k_test, rerank_batch)
+    i2t, t2i = ranked["i2t"][0], ranked["t2i"][0]
     metrics = retrieval_metrics(i2t, t2i, img2txt, txt2img, ks)
     if with_itc:
         ci2t, ct2i = contrastive_topk(img, txt, max(ks))

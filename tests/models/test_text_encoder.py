@@ -276,17 +276,16 @@ def test_memory_index_equals_the_expanded_memory():
         enc(ids, atts, encoder_hidden_states=memory, memory_index=torch.tensor([0, 1, 2, 0]))
 
 
-def test_repeated_memory_rows_are_projected_once_without_gradients():
-    enc = make_encoder()
+def test_memory_index_projects_each_memory_row_once():
+    enc = make_encoder().eval()
     memory = torch.randn(3, 5, HIDDEN)
     index = torch.tensor([2, 0, 2, 2, 1])
     ids, atts = random_ids(batch=5), torch.ones(5, 7, dtype=torch.long)
     rows_seen = []
     hook = enc.bert.encoder.layer[FUSION].crossattention.self.key.register_forward_hook(
         lambda module, inputs, output: rows_seen.append(inputs[0].shape[0]))
-    with torch.no_grad():
-        shared = enc(ids, atts, encoder_hidden_states=memory[index])
-    plain = enc(ids, atts, encoder_hidden_states=memory[index])  # with gradients: no sharing
+    shared = enc(ids, atts, encoder_hidden_states=memory, memory_index=index)
+    plain = enc(ids, atts, encoder_hidden_states=memory[index])
     hook.remove()
     assert rows_seen == [3, 5]
     torch.testing.assert_close(shared, plain, atol=1e-6, rtol=1e-5)

@@ -2,8 +2,8 @@
 import torch
 from torch import nn
 
-from utils.evaluation import (EncodedImages, EncodedTexts, evaluate_retrieval, recall_from_topk,
-                              retrieval_metrics, shard_rows, topk_rerank)
+from utils.evaluation import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
+                              rerank_topk, retrieval_metrics, shard_rows, topk_rerank)
 from utils.metrics import retrieval_recall
 
 
@@ -16,7 +16,9 @@ class FakeFusion(nn.Module):
         self.q = nn.Linear(d, d)
         self.head = nn.Sequential(nn.Linear(2 * d, 16), nn.GELU(), nn.Linear(16, 1))
 
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
+        if image_index is not None:
+            image_embeds = image_embeds[image_index]
         attn = torch.softmax(self.q(text_embeds) @ image_embeds.transpose(1, 2), dim=-1)
         fused = (attn @ image_embeds) * text_atts.unsqueeze(-1)
         pooled = fused.sum(1) / text_atts.sum(1, keepdim=True)
@@ -106,7 +108,9 @@ class TableModel:
     def __init__(self, table):
         self.table = torch.tensor(table, dtype=torch.float)
 
-    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts):
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
+        if image_index is not None:
+            image_embeds = image_embeds[image_index]
         return self.table[image_embeds[:, 0, 0].long(), text_embeds[:, 0, 0].long()]
 
 
@@ -130,3 +134,45 @@ def test_two_stage_on_a_hand_made_case():
     # contrastive ranking alone (full lists): image ranks 1, 0, 2; text ranks 0, 1, 1
     assert [m["itc_txt_r1"], m["itc_txt_r2"], m["itc_txt_r3"]] == [100 / 3, 200 / 3, 100.0]
     assert [m["itc_img_r1"], m["itc_img_r2"], m["itc_img_r3"]] == [100 / 3, 100.0, 100.0]
+
+
+class CountingFusion(FakeFusion):
+    """FakeFusion that records the (image, text) pairs it scores and the image rows of each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.pairs, self.image_rows = [], []
+
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
+        # embeddings carry their item's index in [:, 0, 0] (set by the test)
+        rows = image_embeds[image_index] if image_index is not None else image_embeds
+        self.pairs += list(zip(rows[:, 0, 0].long().tolist(), text_embeds[:, 0, 0].long().tolist()))
+        self.image_rows.append(image_embeds.shape[0])
+        return super().itm_logits(image_embeds, image_atts, text_embeds, text_atts, image_index)
+
+
+def test_both_directions_score_each_distinct_pair_once_with_images_shared():
+    img, txt = random_encoded()
+    img.embeds[:, 0, 0] = torch.arange(12, dtype=torch.float)
+    txt.embeds[:, 0, 0] = torch.arange(30, dtype=torch.float)
+    model = CountingFusion().eval()
+    k = 5
+    ranked = rerank_topk(model, img, txt, k, 16)
+    sims = img.feats @ txt.feats.t()
+    wanted = {(i, int(t)) for i in range(12) for t in sims[i].topk(k).indices} | \
+             {(int(i), t) for t in range(30) for i in sims[:, t].topk(k).indices}
+    assert sorted(model.pairs) == sorted(wanted)  # every needed pair, none twice
+    assert len(wanted) < 12 * k + 30 * k  # the two directions do share pairs here
+    assert sum(model.image_rows) < len(wanted)  # each forward holds its distinct images once
+    plain = FakeFusion().eval()
+    for direction in ("i2t", "t2i"):
+        expected = one_query_at_a_time(plain, img, txt, k, direction)
+        assert torch.equal(ranked[direction][0], expected), direction
+
+
+def test_equal_scores_keep_the_lower_candidate_index_first():
+    cand = torch.tensor([[7, 2, 5, 0]])
+    scores = torch.tensor([[1.0, 3.0, 1.0, 1.0]])
+    idx, sc = order_by_score(cand, scores)
+    assert idx.tolist() == [[2, 0, 5, 7]]
+    assert sc.tolist() == [[3.0, 1.0, 1.0, 1.0]]
