@@ -52,12 +52,15 @@ class ResumableDistributedSampler(Sampler[int]):
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, rank: int = 0, world_size: int = 1,
                  seed: int = 0, num_workers: int = 0, collate_fn: Callable | None = None,
-                 shard_eval: bool = False, pin_memory: bool = False) -> DataLoader:
+                 shard_eval: bool = False, pin_memory: bool | None = None) -> DataLoader:
     """A DataLoader over a map-style dataset.
 
     Training: shuffled per epoch over ranks, ``drop_last`` batches, resumable (see the sampler).
     Evaluation: in order; every rank sees the whole set unless ``shard_eval``.
+    Batches go to pinned memory when ``pin_memory`` (default: when CUDA is available), for asynchronous copies.
     """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
     if train or shard_eval:
         sampler = ResumableDistributedSampler(len(dataset), rank, world_size, shuffle=train, seed=seed,
                                               drop_last=False, batch_size=batch_size)

@@ -1,0 +1,69 @@
+"""The bench scripts' helpers: golden folder check, variants, the GPU script's FLOP formula against a counter."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load(name: str):
+    """Import bench/<name>.py (the scripts import their neighbours by plain name)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_golden_folder_absent_is_a_clear_error(tmp_path):
+    common = load("common")
+    with pytest.raises(SystemExit, match="golden fixture folder"):
+        common.golden_dir(None)
+    with pytest.raises(SystemExit, match="missing.*tiny_state.pt"):
+        common.golden_dir(tmp_path)
+
+
+def test_variant_specs():
+    step = load("pretrain_step")
+    assert step.parse_variant("before@/old+bf16") == {"label": "before@/old+bf16", "root": "/old",
+                                                      "precision": "bf16", "compile": False, "ckpt": False}
+    assert step.parse_variant("now+ckpt+compile")["ckpt"] and step.parse_variant("now")["root"] is None
+    with pytest.raises(SystemExit, match="unknown flag"):
+        step.parse_variant("now+fp8")
+
+
+def test_summary_and_table(capsys):
+    common = load("common")
+    assert common.summarize([3.0, 1.0, 2.0])["median"] == 2.0 and common.summarize([])["n"] == 0
+    common.print_table([{"a": 1.23456, "b": None}], [("a", "A"), ("b", "B")])
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["1.235", "-"]
+
+
+def test_swin_base_flops_match_the_published_figure():
+    gpu = load("gpu_pretrain_step")
+    from models.vision import load_vision_config
+
+    # Swin-B at 224 px: 15.4 G multiply-accumulates per image (Liu et al. 2021, Table 1, "FLOPs").
+    assert 15.2e9 < gpu.swin_macs(load_vision_config("swin_base_224")) < 15.6e9
+
+
+@pytest.mark.parametrize("kind", ["image", "para", "region"])
+def test_step_flop_formula_agrees_with_torch_flop_counter(kind):
+    """The formula the GPU script divides by (MFU) against FlopCounterMode on a small model of the same structure."""
+    gpu = load("gpu_pretrain_step")
+
+    class Args:
+        size, grad_checkpointing = "small", False
+
+    torch.manual_seed(0)
+    model, optimizer, vision, text = gpu.build(Args, torch.device("cpu"))
+    shape = dict(vision=vision, d=text.hidden_size, f=text.intermediate_size, vocab=text.vocab_size,
+                 text_layers=text.num_hidden_layers, fusion_start=model.text_encoder.fusion_layer, embed_dim=32)
+    batch = gpu.make_batch(kind, 4, text.vocab_size, vision, torch.device("cpu"))
+    counted = gpu.counted_flops(model, optimizer, batch, torch.device("cpu"))
+    formula = gpu.train_step_flops(kind, 4, **shape)["total"]
+    assert abs(counted / formula - 1) < 0.01
