@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--texts-per-image", type=int, default=5)
     parser.add_argument("--k-test", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=40)
-    parser.add_argument("--rerank-batch", type=int, default=256)
+    parser.add_argument("--rerank-batch", type=int, default=128)
     parser.add_argument("--bf16", action="store_true",
                         help="also time the batched path under bf16 autocast (faster; its ranks are reported, not "
                              "required to match)")

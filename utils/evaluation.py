@@ -135,7 +135,7 @@ def order_by_score(cand: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 256,
+def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 128,
                 directions: Sequence[str] = ("i2t", "t2i")) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Two-stage rankings: {direction: (indices, scores)}, both (N_query, k) on the CPU, best first.
 
@@ -161,7 +161,7 @@ def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, reran
     return out
 
 
-def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 256,
+def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 128,
                 direction: str = "i2t") -> tuple[torch.Tensor, torch.Tensor]:
     """One direction of :func:`rerank_topk`: (indices, scores) of each query (images for 'i2t', texts for 't2i')."""
     if direction not in ("i2t", "t2i"):
@@ -216,7 +216,7 @@ def contrastive_topk(img: EncodedImages, txt: EncodedTexts, k: int) -> tuple[tor
 
 @torch.no_grad()
 def evaluate_retrieval(model, img: EncodedImages, txt: EncodedTexts, img2txt: Sequence, txt2img: Sequence, *,
-                       k_test: int, rerank_batch: int = 256, ks: Sequence[int] = (1, 5, 10),
+                       k_test: int, rerank_batch: int = 128, ks: Sequence[int] = (1, 5, 10),
                        with_itc: bool = True) -> dict:
     """Two-stage metrics (ITM re-rank of the ITC top-k); with ``with_itc`` also the ITC-only ones, prefixed ``itc_``."""
     ranked = rerank_topk(model, img, txt, k_test, rerank_batch)

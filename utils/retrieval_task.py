@@ -290,7 +290,7 @@ class RetrievalEvaluator:
         txt = encode_texts(adapter, ds.texts, self.tokenizer, int(self.config["max_tokens"]),
                            int(self.config["batch_size_test_text"]), self.device)
         return evaluate_retrieval(adapter, img, txt, ds.img2txt, ds.txt2img, k_test=int(self.config["k_test"]),
-                                  rerank_batch=int(self.config.get("rerank_batch") or 256))
+                                  rerank_batch=int(self.config.get("rerank_batch") or 128))
 
     def __call__(self, model) -> dict:
         """Flat metrics of every set, ``<split>_<lang>_<metric>``, plus the selection metric (except ``eval_step``)."""
