@@ -11,8 +11,9 @@
 
 As in the reference, the evaluation file of a few-shot run is the target language's **test** set, and the reference
 selected the best epoch on it (no held-out split exists in IGLUE's few-shot data; spec 11 B2). The Multi30K/COCO rows
-are our extension (the reference has no few-shot mode for them); WIT has none (IGLUE ships no non-English WIT
-training data).
+are our extension (the reference has no few-shot mode for them). WIT has no IGLUE few-shot split (IGLUE ships no
+non-English WIT training data), so it is not resolved here: ``WIT.py`` implements its own protocol (train on the
+first N images of ``test_<l>``, evaluate on the rest).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ PROTOCOLS = {
                                 None, eval_by_language=(("zh", "data/finetune/mscoco/zh.test.json"),),
                                 shots_are_images=True),
 }
-NO_FEWSHOT = {"wit": "WIT has no few-shot mode: IGLUE ships no non-English WIT training data"}
+NO_FEWSHOT = {"wit": "IGLUE has no WIT few-shot split (no non-English WIT training data); WIT.py splits test_<lang> "
+                     "itself"}
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def test_caption_json_tasks_limit_images(tmp_path):
     ("xflickrco", "de,many", "should look like 48 or 10x2"),
     ("xvnli", "ar,48,1", "expected <lang> or <lang>,<N>"),
     ("gqa", "1,2", "not a language code"),
-    ("wit", "ja,10", "WIT has no few-shot mode"),
+    ("wit", "ja,10", "IGLUE has no WIT few-shot split"),
     ("pretrain", "de", "unknown task"),
     ("itr_coco", "ja,10x2", "number of images"),
 ])
