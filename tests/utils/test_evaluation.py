@@ -176,3 +176,41 @@ def test_equal_scores_keep_the_lower_candidate_index_first():
     idx, sc = order_by_score(cand, scores)
     assert idx.tolist() == [[2, 0, 5, 7]]
     assert sc.tolist() == [[3.0, 1.0, 1.0, 1.0]]
+
+
+def _rerank_worker(rank, port, out_dir):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="3",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from utils.dist import cleanup_distributed, init_distributed
+
+    init_distributed("cpu")
+    img, txt = random_encoded()
+    ranked = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
+    torch.save(ranked, os.path.join(out_dir, f"ranked{rank}.pt"))
+    cleanup_distributed()
+
+
+def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path):
+    """Each process scores its block of the distinct pairs; every process ends with the whole rankings."""
+    import os
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    port = 29500 + os.getpid() % 1000
+    procs = [ctx.Process(target=_rerank_worker, args=(r, port, str(tmp_path))) for r in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    img, txt = random_encoded()
+    expected = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
+    for rank in range(3):
+        got = torch.load(tmp_path / f"ranked{rank}.pt", weights_only=True)
+        for direction in ("i2t", "t2i"):
+            assert torch.equal(got[direction][0], expected[direction][0]), (rank, direction)
+            torch.testing.assert_close(got[direction][1], expected[direction][1])
