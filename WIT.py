@@ -12,6 +12,8 @@ Few-shot (our extension; the reference and IGLUE have none, because IGLUE ships 
 ``--fewshot <lang>,<N>`` fine-tunes on every caption of the first N images of ``test_<lang>`` and evaluates on the
 other images of that file only, reporting the last evaluated epoch. Its numbers are on a smaller test set than the
 zero-shot ones and are not IGLUE numbers.
+Translate-test (``--gmt``): the machine-translated test files (``gmt_test_file``; made by ``wit_preproc`` from
+``gmt_annotations`` with the test pixels), every language but English.
 Run: ``python3 run.py --task wit --dist 1 --checkpoint cclm_4m.th --output_dir out/wit``.
 """
 from __future__ import annotations
@@ -70,24 +72,41 @@ def _pending_annotation_files(folder: Path, out_dir: Path, scratch: Path) -> lis
     return files
 
 
+WIT_PREPROC_KEYS = {"annotations", "train_pixels", "test_pixels", "out_dir"}
+WIT_PREPROC_GMT_KEYS = {"gmt_annotations", "gmt_out_dir"}
+
+
 def prepare_wit(config: dict, root: Path) -> None:
-    """Join every IGLUE WIT annotation file without a base64 counterpart in ``wit_preproc.out_dir`` (rank 0 only)."""
+    """Join every IGLUE WIT annotation file without a base64 counterpart in ``wit_preproc.out_dir`` (rank 0 only);
+    with ``--gmt`` also the machine-translated test files (``gmt_annotations`` -> ``gmt_out_dir``)."""
     block = config.get("wit_preproc")
     if not block:
         return
-    missing = set(block) ^ {"annotations", "train_pixels", "test_pixels", "out_dir"}
-    if missing:
-        raise ConfigError(f"config 'wit_preproc' needs exactly annotations, train_pixels, test_pixels, out_dir; "
-                          f"differs in {sorted(missing)}")
-    out_dir = root / str(block["out_dir"])
+    missing, unknown = WIT_PREPROC_KEYS - set(block), set(block) - WIT_PREPROC_KEYS - WIT_PREPROC_GMT_KEYS
+    if missing or unknown:
+        raise ConfigError(f"config 'wit_preproc' needs {sorted(WIT_PREPROC_KEYS)} (and optionally "
+                          f"{sorted(WIT_PREPROC_GMT_KEYS)}); missing {sorted(missing)}, unknown {sorted(unknown)}")
+    folders = [(block["annotations"], block["out_dir"])]
+    if config.get("gmt"):
+        if not WIT_PREPROC_GMT_KEYS <= set(block):
+            raise ConfigError(f"--gmt: config 'wit_preproc' needs {sorted(WIT_PREPROC_GMT_KEYS)} to make the "
+                              "translate-test files")
+        folders.append((block["gmt_annotations"], block["gmt_out_dir"]))
+    for annotations, out in folders:
+        _join_missing(root / str(annotations), root / str(out), root / str(block["train_pixels"]),
+                      root / str(block["test_pixels"]))
+
+
+def _join_missing(annotations: Path, out_dir: Path, train_pixels: Path, test_pixels: Path) -> None:
+    """Join the annotation files of ``annotations`` that ``out_dir`` lacks with their pixels (test files: test pixels)."""
     scratch = out_dir / f".tmp-{os.getpid()}"  # private: files appear in out_dir only when complete
-    pending = _pending_annotation_files(root / str(block["annotations"]), out_dir, scratch)
-    for group, key in (("test", "test_pixels"), ("train", "train_pixels")):
+    pending = _pending_annotation_files(annotations, out_dir, scratch)
+    for group, pixels in (("test", test_pixels), ("train", train_pixels)):
         files = [p for p in pending if ("test" in p.name) == (group == "test")]
         if not files:
             continue
-        logger.info("wit_preproc: joining %s with the pixels in %s", ", ".join(p.name for p in files), block[key])
-        summary = join_wit_images(files, _pixel_files(root / str(block[key])), scratch / "joined")
+        logger.info("wit_preproc: joining %s with the pixels in %s", ", ".join(p.name for p in files), pixels)
+        summary = join_wit_images(files, _pixel_files(pixels), scratch / "joined")
         for name, (written, dropped) in summary.items():
             os.replace(scratch / "joined" / name, out_dir / name)
             logger.info("wit_preproc: %s: %d records, %d without an image dropped", name, written, dropped)

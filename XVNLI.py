@@ -8,6 +8,7 @@ Zero-shot: train on English ``train_file``, choose the best epoch on the English
 every test language at that epoch (``test_languages``: ar/es/fr/ru + en; null = whatever the data has).
 Few-shot (``--fewshot ar,48``): train on ``<lang>/train_<N>.jsonl``, evaluate and select on ``<lang>/test.jsonl`` (the
 reference's protocol: the test set is also the selection set, spec 11 B2).
+Translate-test (``--gmt``): the test languages but English from ``annotations_machine-translate/<lang>/test.jsonl``.
 Run: ``python3 run.py --task xvnli --dist 1 --checkpoint cclm.th`` (or this file under torchrun, or ``main(argv)``).
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ as in the reference.
 Few-shot (``--fewshot de,100``, configs/xflickrco/xflickrco_fewshot.yaml): train on ``<lang>/train_<N>.jsonl``,
 test on ``<lang>/test.jsonl``. IGLUE has no few-shot validation set and the reference selected on that test set
 (spec 9.2/11 B2); here the last evaluated epoch is reported unless ``fewshot_selection: test``.
-Translate-test: ``--opts test_file=iglue/datasets/xFlickrCO/annotations_machine-translate/{lang}/test_gmt.jsonl``.
+Translate-test (``--gmt``): IGLUE's machine-translated ``annotations_machine-translate/{lang}/test_gmt.jsonl``, no en.
 Run: ``python3 run.py --task xflickrco --dist 1 --checkpoint cclm_4m.th --output_dir out/xflickrco``.
 """
 from __future__ import annotations

@@ -86,3 +86,9 @@ def test_a_succeeding_worker_exits_zero(monkeypatch, tmp_path):
     config.write_text("{}\n")
     monkeypatch.setitem(run.TASKS, "fine", run.Task(str(script), str(config)))
     assert run.main(["--task", "fine", "--dist", "cpu:2"]) == 0
+
+
+def test_gmt_is_forwarded(capsys):
+    out = dry(capsys, "--task", "xflickrco", "--dist", "cpu", "--gmt", "--evaluate")
+    assert "--gmt" in out and "--config configs/xflickrco/xflickrco.yaml" in out
+    assert "--gmt" not in dry(capsys, "--task", "xflickrco", "--dist", "cpu")

@@ -331,6 +331,7 @@ def run_understanding_task(task: UnderstandingTask, argv: Iterable[str] | None =
             metrics = evaluation.history[best["best_epoch"]]
         rows = evaluation.rows(metrics)
         extra = {"task": task.spec.name, "protocol": data.protocol, "fewshot": config.get("fewshot"),
+                 "translate_test": bool(config.get("gmt")),
                  "checkpoint": config.get("checkpoint"), "selection": _selection_note(data), **best,
                  "test_files": {lang: s.path for lang, s in data.tests.items()}, **data.facts}
         if last is not None:

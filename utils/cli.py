@@ -29,6 +29,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--lr", type=float, default=0.0, help="learning rate (0: config)")
     parser.add_argument("--fewshot", default=None, help="few-shot spec, e.g. 'de,100' or 'id'")
     parser.add_argument("--evaluate", action="store_true", help="evaluate --checkpoint without training")
+    parser.add_argument("--gmt", action="store_true",
+                        help="translate-test: evaluate on the machine-translated test files (xvnli, xflickrco, wit)")
     parser.add_argument("--resume", default=None, help="training checkpoint to continue from, or 'latest'")
     parser.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"), help="override config.device")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, a.b=c")
@@ -80,8 +82,24 @@ def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> d
             config[key] = getattr(args, key)
     if args.evaluate:
         config["evaluate"] = True
+    if args.gmt:
+        config["gmt"] = True
+    if config.get("gmt"):
+        use_translate_test(config, spec.name)
     config["output_dir"] = str(args.output_dir or config.get("output_dir") or Path("output") / spec.name)
     return config
+
+
+def use_translate_test(config: dict, task: str) -> None:
+    """``--gmt``: the test files become ``gmt_test_file`` (IGLUE's machine-translated test sets), without English."""
+    if not config.get("gmt_test_file"):
+        raise ConfigError(f"--gmt: task {task} has no translate-test files (config key 'gmt_test_file' is empty)")
+    if config.get("fewshot"):
+        raise ConfigError("--gmt and --fewshot cannot be combined (few-shot runs test on the human test set)")
+    config["test_file"] = config["gmt_test_file"]
+    languages = config.get("test_languages")
+    if languages is not None:
+        config["test_languages"] = [lang for lang in languages if lang != "en"]
 
 
 def setup_run(spec: TaskSpec, argv: Iterable[str] | None, description: str = "") -> RunContext:

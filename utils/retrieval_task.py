@@ -436,6 +436,7 @@ def run_retrieval_task(task: RetrievalTask, argv=None) -> dict:
         load_starting_weights(model, config)
         evaluator = RetrievalEvaluator(config, data, tokenizer, env.device)
         extra = {"task": task.spec.name, "checkpoint": config.get("checkpoint"), "fewshot": config.get("fewshot"),
+                 "translate_test": bool(config.get("gmt")),
                  "k_test": int(config["k_test"])}
         if config.get("evaluate"):
             metrics = evaluate_without_training(model, evaluator, config, env.device)

@@ -371,6 +371,25 @@ def test_wit_train_evaluate_fewshot(world, tmp_path):
     assert few["extra"]["fewshot_images"] == 10
 
 
+@pytest.mark.parametrize("module, config, gmt_file", [
+    (xFlickrCO, "xflickrco.yaml", "iglue/datasets/xFlickrCO/annotations_machine-translate/ja/test_gmt.jsonl"),
+    (WIT, "wit.yaml", "iglue/datasets/wit/annotations_machine-translate/test_ja_gmt.jsonl")])
+def test_gmt_evaluates_the_machine_translated_test_files(world, tmp_path, module, config, gmt_file):
+    """--gmt (translate-test): every test language but English, read from the machine-translated files."""
+    from utils.cli import build_config, parse_task_args
+
+    flags = ["--config", str(ROOT / "configs/tiny" / config), "--evaluate", "--opts", *FAST, "test_languages=[en,ja]"]
+    out = module.main([*flags[:3], "--gmt", "--output_dir", str(tmp_path), *flags[3:]])
+    assert list(out["languages"]) == ["ja"] and out["extra"]["translate_test"] is True
+    if module is WIT:
+        module.prepare_wit(build_config(module.SPEC, parse_task_args([*flags, "gmt=true"], "t"), 1), world)
+    gmt, human = (module.load_data(build_config(module.SPEC, parse_task_args(f, "t"), 1), world).test["ja"]
+                  for f in ([*flags, "gmt=true"], flags))
+    assert len(gmt.texts) == sum(len(r.get("sentences", [None])) for r in jsonl(world / gmt_file))
+    assert gmt.texts != human.texts  # translated captions, not the human ones
+    assert out["extra"]["sizes"]["test"]["ja"]["texts"] == len(gmt.texts)
+
+
 # --------------------------------------------------------------------------------------------- configs
 
 SPEC_TABLE = {  # spec-finetune 2.3, 3, 7.3, 8.3: batch train/test/test_text, max_tokens, k_test, lr, epochs

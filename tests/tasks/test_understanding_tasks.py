@@ -289,6 +289,15 @@ def test_xvnli_train_evaluate_fewshot(world, tmp_path):
     assert few["extra"]["dropped_without_gold_label"]["train"] == gold_label_dashes(ann / "de/train_48.jsonl")
 
 
+def test_xvnli_gmt_evaluates_the_machine_translated_test_files(world, tmp_path):
+    """--gmt (translate-test): every test language but English, read from annotations_machine-translate."""
+    out = XVNLI.main(["--config", str(ROOT / "configs/tiny/xvnli.yaml"), "--evaluate", "--gmt", "--output_dir",
+                      str(tmp_path), "--opts", *FAST, "test_languages=[en,de]"])
+    assert list(out["languages"]) == ["de"] and out["extra"]["translate_test"] is True
+    expected = world / "iglue/datasets/XVNLI/annotations_machine-translate/de/test.jsonl"
+    assert Path(out["extra"]["test_files"]["de"]) == expected
+
+
 def test_gqa_train_evaluate_fewshot(world, tmp_path):
     trained, evaluated, few = run_round(GQA, "configs/tiny/gqa.yaml", tmp_path, "de", ["ja"],
                                         train_file="iglue/datasets/gqa/annotations/train.json",  # list form

@@ -38,3 +38,31 @@ def test_misspelt_override_is_an_error(spec):
 def test_unknown_flag_is_an_error():
     with pytest.raises(SystemExit):
         parse_task_args(["--nope"], "toy")
+
+
+@pytest.fixture
+def gmt_spec(tmp_path):
+    tmp_path = tmp_path / "gmt"
+    tmp_path.mkdir()
+    (tmp_path / "schema.yaml").write_text("base: base/engine.yaml\ntest_file: null\ntest_languages: null\n"
+                                          "gmt_test_file: null\n")
+    (tmp_path / "task.yaml").write_text("base: schema.yaml\ntest_file: human/{lang}/test.jsonl\n"
+                                        "test_languages: [en, de, ja]\ngmt_test_file: mt/{lang}/test_gmt.jsonl\n")
+    return TaskSpec("toy", str(tmp_path / "task.yaml"), str(tmp_path / "schema.yaml"))
+
+
+def test_gmt_swaps_in_the_machine_translated_test_files_without_english(gmt_spec):
+    cfg = build_config(gmt_spec, parse_task_args(["--gmt"], "toy"), world_size=1)
+    assert cfg["gmt"] is True
+    assert cfg["test_file"] == "mt/{lang}/test_gmt.jsonl" and cfg["test_languages"] == ["de", "ja"]
+    plain = build_config(gmt_spec, parse_task_args([], "toy"), world_size=1)
+    assert plain["test_file"] == "human/{lang}/test.jsonl" and plain["test_languages"] == ["en", "de", "ja"]
+    by_opts = build_config(gmt_spec, parse_task_args(["--opts", "gmt=true"], "toy"), world_size=1)
+    assert by_opts["test_file"] == cfg["test_file"]
+
+
+def test_gmt_without_translate_test_files_or_with_fewshot_is_an_error(gmt_spec, spec):
+    with pytest.raises(ConfigError, match="gmt_test_file"):
+        build_config(spec, parse_task_args(["--gmt"], "toy"), world_size=1)
+    with pytest.raises(ConfigError, match="--fewshot"):
+        build_config(gmt_spec, parse_task_args(["--gmt", "--fewshot", "de,10"], "toy"), world_size=1)
