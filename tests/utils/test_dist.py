@@ -2,16 +2,14 @@
 import os
 
 import torch
-import torch.multiprocessing as mp
+
+from tests.processes import join_group, run_ranks
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from utils.dist import all_gather_with_grad, cleanup_distributed, init_distributed
+def _worker(rank, world, port, out_dir):
+    from utils.dist import all_gather_with_grad, cleanup_distributed
 
-    init_distributed("cpu")
+    join_group(rank, world, port)
     grads = {}
     for mode in ("full", "local"):
         x = torch.tensor([[1.0 + rank], [2.0 + rank]], requires_grad=True)
@@ -25,14 +23,7 @@ def _worker(rank, port, out_dir):
 
 
 def test_full_and_local_gather_gradients(tmp_path):
-    ctx = mp.get_context("spawn")
-    port = 29700 + os.getpid() % 1000
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_ranks(_worker, 2, str(tmp_path))
     g0, g1 = (torch.load(tmp_path / f"grads{r}.pt", weights_only=True) for r in range(2))
     # local: rank r gets only its own loss's weights for its own rows: rank0 rows 0-1 x1, rank1 rows 2-3 x2
     assert g0["local"].flatten().tolist() == [1.0, 2.0]

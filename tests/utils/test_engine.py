@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from utils import checkpoint as ckpt
 from utils.dist import DistEnv
 
+from tests.processes import join_group, run_ranks
 from tests.utils.toy_task import config, make_trainer  # noqa: E402  (tests/utils is on sys.path via importlib mode below)
 
 
@@ -86,12 +86,9 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path):
 
 
 def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from utils.dist import cleanup_distributed, init_distributed
+    from utils.dist import cleanup_distributed
 
-    env = init_distributed("cpu")
+    env = join_group(rank, world, port)
     t = make_trainer(config(epochs=1), out_dir, env=env, batch_size=4, dropout=0.0)
     t.fit()
     if rank == 0:
@@ -102,14 +99,7 @@ def _ddp_worker(rank, world, port, out_dir):
 def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
     single = make_trainer(config(epochs=1), tmp_path / "single", batch_size=8, dropout=0.0)
     single.fit()
-    ctx = mp.get_context("spawn")
-    port = 29500 + os.getpid() % 1000
-    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path / "ddp"))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=180)
-        assert p.exitcode == 0
+    run_ranks(_ddp_worker, 2, str(tmp_path / "ddp"))
     got = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     for k, v in params(single.raw_model).items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)

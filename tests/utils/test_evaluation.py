@@ -4,6 +4,7 @@ from torch import nn
 
 from utils.evaluation import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
                               rerank_topk, retrieval_metrics, shard_rows, topk_rerank)
+from tests.processes import join_group, run_ranks
 from utils.metrics import retrieval_recall
 
 
@@ -178,15 +179,12 @@ def test_equal_scores_keep_the_lower_candidate_index_first():
     assert sc.tolist() == [[3.0, 1.0, 1.0, 1.0]]
 
 
-def _rerank_worker(rank, port, out_dir):
+def _rerank_worker(rank, world, port, out_dir):
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="3",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from utils.dist import cleanup_distributed, init_distributed
+    from utils.dist import cleanup_distributed
 
-    init_distributed("cpu")
+    join_group(rank, world, port)
     img, txt = random_encoded()
     ranked = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
     torch.save(ranked, os.path.join(out_dir, f"ranked{rank}.pt"))
@@ -195,18 +193,7 @@ def _rerank_worker(rank, port, out_dir):
 
 def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path):
     """Each process scores its block of the distinct pairs; every process ends with the whole rankings."""
-    import os
-
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    port = 29500 + os.getpid() % 1000
-    procs = [ctx.Process(target=_rerank_worker, args=(r, port, str(tmp_path))) for r in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_ranks(_rerank_worker, 3, str(tmp_path))
     img, txt = random_encoded()
     expected = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
     for rank in range(3):
