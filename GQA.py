@@ -7,6 +7,9 @@ Model: ``cclm_vqa`` (encoder + answer decoder, models/vqa.py). Training: teacher
 token NLL. Prediction: ``predict_answers`` (the ``k_test`` answers with the likeliest first token, re-ranked by the
 whole answer's likelihood); the score is exact-match accuracy against ``answer`` (dict form) or the first ``label``
 key (list form); unanswered questions are not scored (the reference's scorer crashed on the dict form, spec 11 B9).
+Predictions: every evaluation writes ``output_dir/predictions/epoch_<E>/test_<lang>.json`` (``--evaluate``:
+``predictions/evaluate/``), ``[{"question_id", "answer"}, ...]``; the chosen epoch's are copied to
+``predictions/best/``.
 Zero-shot: train on English GQA, choose the best epoch on GQA ``valid_file`` (as the reference), report the xGQA test
 sets of the few-shot split at that epoch (IGLUE protocol; ``test_languages`` null = whatever the data has).
 Few-shot (``--fewshot bn``): train on ``few_shot/<lang>/train_48.json``, evaluate and select on ``few_shot/<lang>/
@@ -70,6 +73,7 @@ class AnswerRanking:
     def __init__(self, answers: Sequence[str], tokenizer, k: int):
         self.answers, self.k = list(answers), int(k)
         self.answer_ids, self.answer_atts = tokenize(tokenizer, self.answers)
+        self.last_predictions: dict | None = None  # of the last loader scored (written as prediction files)
 
     @torch.no_grad()
     def predictions(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, str]:
@@ -84,7 +88,8 @@ class AnswerRanking:
         return gather_by_key(pairs)
 
     def __call__(self, model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-        return vqa_exact_match(self.predictions(model, loader, device), loader.dataset.references)
+        self.last_predictions = self.predictions(model, loader, device)
+        return vqa_exact_match(self.last_predictions, loader.dataset.references)
 
 
 def read_questions(root: Path, paths: Sequence[str | Path], key: str) -> tuple[list, list[Path]]:

@@ -20,9 +20,11 @@ spec 11 B1), and the schedule spans the steps the loader really yields.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -231,14 +233,21 @@ class LanguageEvaluation:
         self.eval_interval = int(config.get("eval_interval", 1) or 1)
         self.history: dict[int, dict[str, float]] = {}
         self.trainer: Trainer | None = None
+        self.predictions_dir = Path(config.get("output_dir") or ".") / "predictions"
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """``{'val_acc', 'test_<lang>_acc', ...}`` (percentages) of ``model`` (already in eval mode, no grad)."""
+    def evaluate(self, model: nn.Module, tag: str = "evaluate") -> dict[str, float]:
+        """``{'val_acc', 'test_<lang>_acc', ...}`` (percentages) of ``model`` (already in eval mode, no grad).
+
+        A scorer that keeps its ``last_predictions`` (xGQA's answers by question id) has those of every test language
+        written to ``output_dir/predictions/<tag>/test_<lang>.json``."""
         metrics = {}
         if isinstance(self.data.selection, EvalSet):
             metrics[SELECTION] = self._score(model, self.data.selection)
         for lang, evalset in self.data.tests.items():
             metrics[f"test_{lang}_{METRIC}"] = self._score(model, evalset)
+            predictions = getattr(self.score, "last_predictions", None)
+            if predictions is not None and self.env.is_main:
+                write_predictions(self.predictions_dir / tag / f"test_{lang}.json", predictions)
         if isinstance(self.data.selection, str):
             metrics[SELECTION] = metrics[f"test_{self.data.selection}_{METRIC}"]
         return metrics
@@ -261,7 +270,7 @@ class LanguageEvaluation:
         epoch = self.current_epoch()
         if not (is_due(epoch, self.start_eval, self.eval_interval) or self._finishing()):
             return {}
-        metrics = self.evaluate(model)
+        metrics = self.evaluate(model, tag=f"epoch_{epoch}")
         self.history[epoch] = metrics
         return metrics
 
@@ -278,6 +287,23 @@ class LanguageEvaluation:
     def rows(self, metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
         """results rows: language -> {'acc': test accuracy}."""
         return {lang: {METRIC: metrics[f"test_{lang}_{METRIC}"]} for lang in self.data.tests}
+
+
+def write_predictions(path: Path, predictions: Mapping) -> None:
+    """``[{"question_id": ..., "answer": ...}, ...]`` as JSON (one entry a line), in question-id order, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [json.dumps({"question_id": qid, "answer": answer}, ensure_ascii=False)
+            for qid, answer in sorted(predictions.items(), key=lambda item: str(item[0]))]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("[\n" + ",\n".join(rows) + "\n]\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def keep_best_predictions(predictions_dir: Path, epoch: int) -> None:
+    """Copy the chosen epoch's prediction files to ``predictions/best`` (when the scorer wrote any)."""
+    source = predictions_dir / f"epoch_{epoch}"
+    if source.is_dir():
+        shutil.copytree(source, predictions_dir / "best", dirs_exist_ok=True)
 
 
 def evaluate_once(evaluation: LanguageEvaluation, model: nn.Module, config: Mapping, env: DistEnv) -> dict:
@@ -374,6 +400,8 @@ def _train(task: UnderstandingTask, config: dict, env: DistEnv, output_dir: Path
     best = {"best_epoch": epoch, SELECTION: evaluation.history[epoch][SELECTION]}
     last = {"epoch": last_epoch, **evaluation.history[last_epoch]}
     logger.info("best epoch %d (%s %.2f on %s)", epoch, SELECTION, best[SELECTION], _selection_note(data))
+    if env.is_main:
+        keep_best_predictions(evaluation.predictions_dir, epoch)
     return best, last
 
 

@@ -309,6 +309,13 @@ def test_gqa_train_evaluate_fewshot(world, tmp_path):
     scored = trained["extra"]["scored_questions"]["ja"]
     assert (trained["languages"]["ja"]["acc"] * scored / 100) == pytest.approx(
         round(trained["languages"]["ja"]["acc"] * scored / 100))
+    # prediction files: every question of the file, and the reported accuracy recomputed from them
+    best = read_json(tmp_path / "train/predictions/best/test_ja.json")
+    assert sorted(str(p["question_id"]) for p in best) == sorted(test)
+    answers = {qid: q["answer"] for qid, q in test.items() if q.get("answer")}
+    hits = sum(p["answer"] == answers[str(p["question_id"])] for p in best if str(p["question_id"]) in answers)
+    assert 100.0 * hits / scored == pytest.approx(trained["languages"]["ja"]["acc"])
+    assert read_json(tmp_path / "eval/predictions/evaluate/test_ja.json") == best  # the best checkpoint, re-evaluated
 
 
 def test_nlvr_train_evaluate_fewshot(world, tmp_path):
