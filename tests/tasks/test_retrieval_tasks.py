@@ -20,6 +20,8 @@ from utils.retrieval_task import (TrainCollate, choose_selection, eval_due, fews
                                   language_files, load_standard_data, per_process_batch, subset_eval_data)
 from utils.task import prepare_text_encoder, resolve_data_root
 
+from tests.retrieval_reference import one_query_at_a_time
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "configs/base/retrieval.yaml"
 WORLD = {"synthetic": {"images": 200, "seed": 0}}
@@ -184,19 +186,7 @@ def test_batched_rerank_equals_one_query_loop_on_the_retrieval_model(world):
     txt = encode_texts(adapter, texts, tokenizer, 40, 5, torch.device("cpu"))
     k = 5
     for direction in ("i2t", "t2i"):
-        sims = img.feats @ txt.feats.t()
-        sims = sims if direction == "i2t" else sims.t()
-        expected = []
-        with torch.no_grad():
-            for q in range(sims.shape[0]):  # the reference: one fusion forward of k pairs per query
-                cand = sims[q].topk(k).indices
-                if direction == "i2t":
-                    ie, te, ta = img.embeds[q].expand(k, -1, -1), txt.embeds[cand], txt.atts[cand]
-                else:
-                    ie, te, ta = img.embeds[cand], txt.embeds[q].expand(k, -1, -1), txt.atts[q].expand(k, -1)
-                scores = model.itm_score(ie, torch.ones(ie.shape[:2], dtype=torch.long), te, ta)
-                expected.append(cand[scores.argsort(descending=True)])
-        expected = torch.stack(expected)
+        expected = one_query_at_a_time(model.itm_score, img, txt, k, direction)
         for batch in (1, 7, 1000):
             got, scores = topk_rerank(adapter, img, txt, k, batch, direction)
             assert torch.equal(got, expected), (direction, batch)

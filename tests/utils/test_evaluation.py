@@ -5,6 +5,7 @@ from torch import nn
 from utils.evaluation import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
                               rerank_topk, retrieval_metrics, shard_rows, topk_rerank)
 from tests.processes import join_group, run_ranks
+from tests.retrieval_reference import one_query_at_a_time as reference_loop
 from utils.metrics import retrieval_recall
 
 
@@ -39,20 +40,7 @@ def random_encoded(n_img=12, n_txt=30, d=8, e=6, seed=1):
 
 
 def one_query_at_a_time(model, img, txt, k, direction):
-    """The reference's loop: one fusion forward of k pairs per query, ranks by the ITM logit."""
-    sims = img.feats @ txt.feats.t()
-    if direction == "t2i":
-        sims = sims.t()
-    out = []
-    for q in range(sims.shape[0]):
-        cand = sims[q].topk(k).indices
-        if direction == "i2t":
-            ie, te, ta = img.embeds[q].expand(k, -1, -1), txt.embeds[cand], txt.atts[cand]
-        else:
-            ie, te, ta = img.embeds[cand], txt.embeds[q].expand(k, -1, -1), txt.atts[q].expand(k, -1)
-        scores = model.itm_logits(ie, torch.ones(ie.shape[:2], dtype=torch.long), te, ta)
-        out.append(cand[scores.argsort(descending=True)])
-    return torch.stack(out)
+    return reference_loop(model.itm_logits, img, txt, k, direction)
 
 
 def test_batched_rerank_equals_one_query_loop():
