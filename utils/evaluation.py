@@ -141,6 +141,9 @@ def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, reran
 
     The distinct candidate pairs of all ``directions`` are scored once, split across processes (every process
     returns the whole result)."""
+    unknown = [d for d in directions if d not in ("i2t", "t2i")]
+    if unknown:
+        raise ValueError(f"directions must be 'i2t' and/or 't2i', got {unknown}")
     n_txt = txt.feats.shape[0]
     cand = {d: candidates(img, txt, k_test, d) for d in directions}
     keys = []  # pair (image i, text t) -> i * n_txt + t
@@ -164,8 +167,6 @@ def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, reran
 def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 128,
                 direction: str = "i2t") -> tuple[torch.Tensor, torch.Tensor]:
     """One direction of :func:`rerank_topk`: (indices, scores) of each query (images for 'i2t', texts for 't2i')."""
-    if direction not in ("i2t", "t2i"):
-        raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}")
     return rerank_topk(model, img, txt, k_test, rerank_batch, (direction,))[direction]
 
 

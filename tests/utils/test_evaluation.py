@@ -1,4 +1,5 @@
 """Two-stage retrieval: the batched re-rank equals the one-query loop; recalls from top-k lists."""
+import pytest
 import torch
 from torch import nn
 
@@ -189,3 +190,9 @@ def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path
         for direction in ("i2t", "t2i"):
             assert torch.equal(got[direction][0], expected[direction][0]), (rank, direction)
             torch.testing.assert_close(got[direction][1], expected[direction][1])
+
+
+def test_unknown_direction_is_an_error():
+    img, txt = random_encoded()
+    with pytest.raises(ValueError, match="'i2t' and/or 't2i'"):
+        topk_rerank(FakeFusion().eval(), img, txt, 5, 7, "x2y")
