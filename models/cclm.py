@@ -127,13 +127,6 @@ class CCLMBase(nn.Module):
         embeds = self.vision_encoder(image)
         return embeds, torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
 
-    def get_region_embeds(self, image: torch.Tensor, image_atts: torch.Tensor, idx_to_group_img: torch.Tensor):
-        """Region mode, one row per text: (region embeds, region mask ``image_atts``, full-image embeds).
-
-        The region sequence has the mask-weighted mean of the region's patches as its first token."""
-        region, full = self.vision_encoder(image, idx_to_group_img=idx_to_group_img, image_atts=image_atts)
-        return region, image_atts, full
-
     def get_text_embeds(self, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
         """Unimodal text states: the output of the text-only layers."""
         return self.text_encoder(text_ids, text_atts, mode="text")
@@ -295,18 +288,6 @@ class CCLMPretrain(CCLMBase):
         state = reference_to_ours(state, window_size=self.vision_encoder.window_size)
         what = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
         return load_state_dict_reporting(self, state, what=what, strict=strict)
-
-    def get_mlm_loss(self, text_ids_masked, text_atts, memory, memory_atts, masked_pos, masked_ids):
-        """MLM over all layers, the fusion layers attending to ``memory`` (image or the other text)."""
-        hidden = self.text_encoder(text_ids_masked, text_atts, encoder_hidden_states=memory,
-                                   encoder_attention_mask=memory_atts, mode="multi_modal")
-        return mlm_loss(self.text_encoder.mlm_logits(hidden, masked_pos), masked_ids)
-
-    def predict_bbox(self, image_embeds, text_embeds, text_atts) -> torch.Tensor:
-        """(cx, cy, w, h) in [0, 1] from the text fused with the whole image (all-ones mask)."""
-        ones = torch.ones(image_embeds.shape[:2], dtype=image_embeds.dtype, device=image_embeds.device)
-        fused = self.get_cross_embeds(image_embeds, ones, text_embeds=text_embeds, text_atts=text_atts)
-        return predict_box(self.bbox_head, fused[:, 0])
 
     def forward(self, image=None, text_ids=None, text_atts=None, text_ids_masked=None, masked_pos=None,
                 masked_ids=None, text_ids_2=None, text_atts_2=None, text_ids_masked_2=None, masked_pos_2=None,

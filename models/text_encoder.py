@@ -172,7 +172,6 @@ class TextBackbone(nn.Module):
                 _resize_cross_attention_inputs(layer, encoder_width)
         self.encoder = _LayerStack(layers)
         _use_fast_dropout(self)
-        self.pack_padding = True  # training runs the layers on real tokens only (see _packs)
 
     @property
     def num_layers(self) -> int:
@@ -273,7 +272,7 @@ class TextBackbone(nn.Module):
 
         (In eval the padded positions keep the values the reference computes there, which the golden fixture
         records; in training nothing reads them.)"""
-        if not (self.pack_padding and self.training and num_layers > 0 and torch.is_grad_enabled()) \
+        if not (self.training and num_layers > 0 and torch.is_grad_enabled()) \
                 or torch.compiler.is_compiling() or attention_mask.is_meta:
             return False
         return bool(attention_mask.ne(0).float().mean() < 0.9)

@@ -280,7 +280,8 @@ def test_one_fusion_pass_equals_separate_passes_for_regions(model):
     batch = region_batch()
     losses = model(**batch, hard_negatives=NEGATIVES)
     with torch.no_grad():
-        region, _, full_rows = model.get_region_embeds(batch["image"], batch["image_atts"], batch["idx_to_group_img"])
+        region, full_rows = model.vision_encoder(batch["image"], idx_to_group_img=batch["idx_to_group_img"],
+                                                 image_atts=batch["image_atts"])
         expected = separate_passes(model, region, batch["image_atts"], batch["text_ids"], batch["text_atts"],
                                    batch["text_ids_masked"], batch["text_atts"], region, batch["image_atts"], batch)
         fused = model.get_cross_embeds(full_rows, torch.ones(full_rows.shape[:2]), text_embeds=expected["states"],
