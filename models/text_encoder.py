@@ -335,9 +335,10 @@ def _attention_of(module, q, k, v, mask, **kwargs) -> torch.Tensor:
 
 
 def _checkable(index: torch.Tensor) -> bool:
-    """Whether to range-check an index tensor (not when empty, on the meta device or inside torch.compile, where
-    reading values would break the graph)."""
-    return bool(index.numel()) and not index.is_meta and not torch.compiler.is_compiling()
+    """Whether to range-check an index tensor on the host: not when empty, on the meta device, inside torch.compile
+    (reading values would break the graph) or on CUDA, where reading them would stall the stream on every call and
+    the gather kernels assert on an out-of-range index themselves."""
+    return bool(index.numel()) and index.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _check_positions(positions: torch.Tensor, rows: int, length: int, full_length: int) -> torch.Tensor:

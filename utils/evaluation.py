@@ -118,12 +118,10 @@ def score_pairs(model, img: EncodedImages, txt: EncodedTexts, image_idx: torch.T
     return torch.cat(out) if out else torch.empty(0)
 
 
-def candidates(img: EncodedImages, txt: EncodedTexts, k_test: int, direction: str) -> torch.Tensor:
-    """Stage 1: each query's ``k_test`` most similar candidates by contrastive feature, (N_query, k)."""
-    sims = img.feats @ txt.feats.t()
-    if direction == "t2i":
-        sims = sims.t()
-    return sims.topk(min(k_test, sims.shape[1]), dim=1).indices
+def candidates(sims: torch.Tensor, k: int, direction: str) -> torch.Tensor:
+    """Stage 1: each query's ``k`` most similar candidates in the N_img x N_txt ``sims`` matrix, (N_query, k)."""
+    sims = sims.t() if direction == "t2i" else sims
+    return sims.topk(min(k, sims.shape[1]), dim=1).indices
 
 
 def order_by_score(cand: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +143,8 @@ def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, reran
     if unknown:
         raise ValueError(f"directions must be 'i2t' and/or 't2i', got {unknown}")
     n_txt = txt.feats.shape[0]
-    cand = {d: candidates(img, txt, k_test, d) for d in directions}
+    sims = img.feats @ txt.feats.t()
+    cand = {d: candidates(sims, k_test, d) for d in directions}
     keys = []  # pair (image i, text t) -> i * n_txt + t
     for d, c in cand.items():
         query = torch.arange(c.shape[0], device=c.device).unsqueeze(1)
@@ -211,8 +210,7 @@ def retrieval_metrics(i2t_topk: torch.Tensor, t2i_topk: torch.Tensor, img2txt: S
 def contrastive_topk(img: EncodedImages, txt: EncodedTexts, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage-1 rankings alone (cosine similarity), (N_img, k) and (N_txt, k) index lists."""
     sims = img.feats @ txt.feats.t()
-    return (sims.topk(min(k, sims.shape[1]), dim=1).indices.cpu(),
-            sims.t().topk(min(k, sims.shape[0]), dim=1).indices.cpu())
+    return candidates(sims, k, "i2t").cpu(), candidates(sims, k, "t2i").cpu()
 
 
 @torch.no_grad()
