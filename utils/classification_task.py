@@ -20,7 +20,6 @@ spec 11 B1), and the schedule spans the steps the loader really yields.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -39,7 +38,7 @@ from utils.dist import DistEnv, all_gather_object, barrier, cleanup_distributed
 from utils.engine import Trainer, move_to_device
 from utils.metrics import accuracy
 from utils.precision import autocast_context, resolve_precision
-from utils.results import SOURCE_LANGUAGES, write_results
+from utils.results import SOURCE_LANGUAGES, write_predictions, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -287,16 +286,6 @@ class LanguageEvaluation:
     def rows(self, metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
         """results rows: language -> {'acc': test accuracy}."""
         return {lang: {METRIC: metrics[f"test_{lang}_{METRIC}"]} for lang in self.data.tests}
-
-
-def write_predictions(path: Path, predictions: Mapping) -> None:
-    """``[{"question_id": ..., "answer": ...}, ...]`` as JSON (one entry a line), in question-id order, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [json.dumps({"question_id": qid, "answer": answer}, ensure_ascii=False)
-            for qid, answer in sorted(predictions.items(), key=lambda item: str(item[0]))]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("[\n" + ",\n".join(rows) + "\n]\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def keep_best_predictions(predictions_dir: Path, epoch: int) -> None:

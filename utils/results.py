@@ -73,10 +73,19 @@ def results_markdown(per_language: Mapping[str, Mapping[str, float]], primary: s
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, then rename it over ``path`` (readers never see half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_predictions(path: Path, predictions: Mapping) -> None:
+    """``[{"question_id": ..., "answer": ...}, ...]`` as JSON (one entry a line), in question-id order."""
+    rows = [json.dumps({"question_id": qid, "answer": answer}, ensure_ascii=False)
+            for qid, answer in sorted(predictions.items(), key=lambda item: str(item[0]))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(path, "[\n" + ",\n".join(rows) + "\n]\n")
 
 
 def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapping[str, float]], primary: str,
@@ -106,6 +115,6 @@ def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapp
         raise ValueError(f"write_results: extra must be JSON-serialisable: {e}") from e
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(output_dir / "results.json", text)
-    _write_atomically(output_dir / "results.md", results_markdown(per_language, primary, title, iglue, note, row_name))
+    write_text_atomically(output_dir / "results.json", text)
+    write_text_atomically(output_dir / "results.md", results_markdown(per_language, primary, title, iglue, note, row_name))
     return payload
