@@ -24,7 +24,7 @@ from dataset.transforms import build_transform
 from dataset.xvnli import XVNLIDataset
 from utils.classification_task import (ClassificationCollate, EvalSet, TaskData, UnderstandingTask, as_list,
                                        classification_accuracy, existing_file, language_files, run_understanding_task)
-from utils.cli import TaskSpec
+from utils.cli import TaskSpec, key_of_test_files
 
 logger = logging.getLogger("xvnli")
 
@@ -62,7 +62,8 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
                                        eval_collate, str(few.eval_file))}
         selection, protocol, train_paths = few.language, f"few-shot {few.language},{few.shots}", [few.train_file]
     else:
-        by_language = language_files(root, config["test_file"], config.get("test_languages"))
+        key = key_of_test_files(config)
+        by_language = language_files(root, config[key], config.get("test_languages"), key)
         tests = {lang: EvalSet(files.read([path], test_transform, f"test_{lang}"), eval_collate, str(path))
                  for lang, path in by_language.items()}
         val_paths = [existing_file(root, p, "val_file") for p in as_list(config["val_file"], "val_file")]

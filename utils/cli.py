@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from utils.config import ConfigError, dump_config, load_config, set_by_path
 from utils.dist import DistEnv, init_distributed, world_info_from_env
@@ -91,15 +91,19 @@ def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> d
 
 
 def use_translate_test(config: dict, task: str) -> None:
-    """``--gmt``: the test files become ``gmt_test_file`` (IGLUE's machine-translated test sets), without English."""
+    """``--gmt``: the test sets are read from ``gmt_test_file`` (IGLUE's machine-translated files), without English."""
     if not config.get("gmt_test_file"):
         raise ConfigError(f"--gmt: task {task} has no translate-test files (config key 'gmt_test_file' is empty)")
     if config.get("fewshot"):
         raise ConfigError("--gmt and --fewshot cannot be combined (few-shot runs test on the human test set)")
-    config["test_file"] = config["gmt_test_file"]
     languages = config.get("test_languages")
     if languages is not None:
         config["test_languages"] = [lang for lang in languages if lang != "en"]
+
+
+def key_of_test_files(config: Mapping) -> str:
+    """The config key the test sets come from: ``gmt_test_file`` under ``--gmt``, else ``test_file``."""
+    return "gmt_test_file" if config.get("gmt") else "test_file"
 
 
 def setup_run(spec: TaskSpec, argv: Iterable[str] | None, description: str = "") -> RunContext:

@@ -29,7 +29,7 @@ from dataset.tokenizer import load_tokenizer
 from dataset.transforms import build_transform
 from models.factory import create_model
 from utils.checkpoint import BEST, load_file, model_state_from_file
-from utils.cli import TaskSpec, setup_run
+from utils.cli import TaskSpec, setup_run, key_of_test_files
 from utils.config import ConfigError
 from utils.data import build_loader, set_loader_epoch
 from utils.dist import barrier, cleanup_distributed, get_world_size
@@ -200,10 +200,11 @@ def load_standard_data(fmt: str, config: Mapping, root: Path) -> RetrievalData:
         else None
     val = load_eval_sets(fmt, language_files(config.get("val_file"), config.get("val_languages"), root, "val_file"),
                          roots, max_words, res)
-    test = load_eval_sets(fmt, language_files(config.get("test_file"), config.get("test_languages"), root,
-                                              "test_file"), roots, max_words, res)
+    key = key_of_test_files(config)
+    test = load_eval_sets(fmt, language_files(config.get(key), config.get("test_languages"), root, key),
+                          roots, max_words, res)
     if not test:
-        raise ConfigError("config 'test_file' gives no test set")
+        raise ConfigError(f"config {key!r} gives no test set")
     return RetrievalData(train, val, test, choose_selection(config, val, test), "fine-tune",
                          {"train_files": [str(f) for f in train_files]})
 

@@ -454,3 +454,9 @@ def test_wit_preprocessing_reads_zipped_annotations_once(world, tmp_path):
     (out / "train_en.jsonl").write_text("kept\n")
     WIT.prepare_wit(config, tmp_path)  # an existing file is never redone
     assert (out / "train_en.jsonl").read_text() == "kept\n"
+
+
+def test_gmt_missing_file_names_the_gmt_key(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="gmt_test_file.*annotations_machine-translate/xx"):
+        xFlickrCO.main(["--config", str(ROOT / "configs/tiny/xflickrco.yaml"), "--evaluate", "--gmt", "--output_dir",
+                        str(tmp_path), "--opts", *FAST, "test_languages=[en,xx]"])

@@ -340,3 +340,9 @@ def test_real_configs_carry_the_reference_hyper_parameters(path, schema, batch_k
     assert config["optimizer"]["lr"] == lr and config["schedular"]["epochs"] == epochs
     assert config["schedular"]["num_warmup_steps"] == 0.1 and config["optimizer"]["lr_mult"] == 1  # spec B3
     assert (config["start_eval"], config["eval_interval"]) == (start_eval, interval)
+
+
+def test_xvnli_gmt_missing_file_names_the_gmt_key(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="config key 'gmt_test_file': .*annotations_machine-translate/xx"):
+        XVNLI.main(["--config", str(ROOT / "configs/tiny/xvnli.yaml"), "--evaluate", "--gmt", "--output_dir",
+                    str(tmp_path), "--opts", *FAST, "test_languages=[en,xx]"])

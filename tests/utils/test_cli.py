@@ -1,7 +1,7 @@
 """Task flags applied to the config."""
 import pytest
 
-from utils.cli import TaskSpec, build_config, parse_task_args
+from utils.cli import TaskSpec, build_config, parse_task_args, key_of_test_files
 from utils.config import ConfigError
 
 
@@ -54,11 +54,12 @@ def gmt_spec(tmp_path):
 def test_gmt_swaps_in_the_machine_translated_test_files_without_english(gmt_spec):
     cfg = build_config(gmt_spec, parse_task_args(["--gmt"], "toy"), world_size=1)
     assert cfg["gmt"] is True
-    assert cfg["test_file"] == "mt/{lang}/test_gmt.jsonl" and cfg["test_languages"] == ["de", "ja"]
+    assert cfg[key_of_test_files(cfg)] == "mt/{lang}/test_gmt.jsonl" and cfg["test_languages"] == ["de", "ja"]
     plain = build_config(gmt_spec, parse_task_args([], "toy"), world_size=1)
-    assert plain["test_file"] == "human/{lang}/test.jsonl" and plain["test_languages"] == ["en", "de", "ja"]
+    assert plain[key_of_test_files(plain)] == "human/{lang}/test.jsonl"
+    assert plain["test_languages"] == ["en", "de", "ja"]
     by_opts = build_config(gmt_spec, parse_task_args(["--opts", "gmt=true"], "toy"), world_size=1)
-    assert by_opts["test_file"] == cfg["test_file"]
+    assert by_opts[key_of_test_files(by_opts)] == "mt/{lang}/test_gmt.jsonl"
 
 
 def test_gmt_without_translate_test_files_or_with_fewshot_is_an_error(gmt_spec, spec):
