@@ -77,6 +77,11 @@ def _use_fast_dropout(module: nn.Module) -> None:
                 setattr(parent, name, FastDropout(child.p))
 
 
+# On CPU 'sdpa' runs the plain path, faster at text lengths (bench/RESULTS.md): SDPA's CPU kernel with a mask took up
+# to 1.9x longer for 40 x 40-50 attention, and with dropout it falls back to unfused maths plus fully-masked-row checks.
+SDPA_ON_CPU = False
+
+
 def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, use_sdpa=True,
                     cclm_memory_index=None, **kwargs):
     """Bidirectional attention with the query divided by sqrt(d) first, as the reference computes it.
@@ -89,9 +94,7 @@ def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     query = query / math.sqrt(query.shape[-1])
     if attention_mask is not None and attention_mask.dtype != query.dtype:  # under autocast
         attention_mask = attention_mask.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
-    # On CPU the plain path is faster at text lengths (bench/RESULTS.md): SDPA's CPU kernel with a mask took 1.5-2x
-    # longer for 40 x 40-50 attention, and with dropout it falls back to unfused maths plus fully-masked-row checks.
-    if use_sdpa and query.device.type != "cpu":
+    if use_sdpa and (SDPA_ON_CPU or query.device.type != "cpu"):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                              is_causal=False, scale=1.0)
     else:

@@ -139,13 +139,21 @@ def test_memory_list_alternates_over_fusion_layers():
     assert (pair - single).abs().max() > 1e-4
 
 
-def test_sdpa_and_eager_agree():
+def test_sdpa_and_eager_agree(monkeypatch):
+    import models.text_encoder as text_encoder
+
     ids, memory = random_ids(), torch.randn(3, 5, HIDDEN)
     atts = torch.ones_like(ids)
     atts[2, 4:] = 0
     mem_mask = torch.tensor([[1, 1, 1, 0, 0]] * 3)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(text_encoder.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(text_encoder, "SDPA_ON_CPU", True)  # CPU runs the plain path by default: force SDPA here
     outs = [make_encoder(attn)(ids, atts, encoder_hidden_states=memory, encoder_attention_mask=mem_mask)
             for attn in ("sdpa", "eager")]
+    assert calls  # the first encoder really went through SDPA
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
 
 
