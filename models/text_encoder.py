@@ -37,36 +37,13 @@ from transformers import AttentionInterface, XLMRobertaConfig
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertOnlyMLMHead
 from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaCrossAttention, XLMRobertaLayer
 
+from models.fast_ops import FastDropout, fast_dropout, host_checkable, softmax_last_dim
+
 logger = logging.getLogger(__name__)
 
 SELF_ATTENTION_MASK_VALUE = -10000.0
 CROSS_ATTENTION_MASK_VALUE = -1e9
 TEXT_MODES = ("text", "fusion", "multi_modal")
-
-
-def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Inverted dropout. On CPU the keep mask is made from 15 random bits per element (the rate is rounded to a
-    multiple of 1/32768), about twice as fast as ATen's CPU ``bernoulli_``, which made dropout ~14% of a tiny
-    training step; elsewhere (and under torch.compile) ``F.dropout``."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling() or not 0.0 < p < 1.0:
-        return F.dropout(x, p, training)
-    threshold = round(p * 32768)
-    # random_() on int64 draws 63 bits: four 16-bit lanes, the sign bit of the last always 0, so keep 15 per lane.
-    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
-    keep = (bits.view(torch.int16)[:x.numel()].view(x.shape) & 0x7FFF) >= threshold
-    scale = 1.0 / (1.0 - threshold / 32768)
-    if x.dtype == torch.float32:
-        return x * keep.to(x.dtype).mul_(scale)
-    return x * keep.to(x.dtype) * scale  # scale in float maths: 1/(1-p) is inexact in bf16
-
-
-class FastDropout(nn.Dropout):
-    """``nn.Dropout`` running :func:`fast_dropout` (the text encoder's layers use it in place of ``nn.Dropout``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_dropout(x, self.p, self.training)
 
 
 def _use_fast_dropout(module: nn.Module) -> None:
@@ -101,7 +78,7 @@ def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scal
         scores = torch.matmul(query, key.transpose(-1, -2))
         if attention_mask is not None:
             scores = scores + attention_mask
-        probs = fast_dropout(scores.softmax(dim=-1), dropout, module.training)
+        probs = fast_dropout(softmax_last_dim(scores), dropout, module.training)
         out = torch.matmul(probs, value)
     return out.transpose(1, 2).contiguous(), None
 
@@ -337,17 +314,10 @@ def _attention_of(module, q, k, v, mask, **kwargs) -> torch.Tensor:
     return out
 
 
-def _checkable(index: torch.Tensor) -> bool:
-    """Whether to range-check an index tensor on the host: not when empty, on the meta device, inside torch.compile
-    (reading values would break the graph) or on CUDA, where reading them would stall the stream on every call and
-    the gather kernels assert on an out-of-range index themselves."""
-    return bool(index.numel()) and index.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def _check_positions(positions: torch.Tensor, rows: int, length: int, full_length: int) -> torch.Tensor:
     if positions.dim() != 2 or positions.shape[0] != rows:
         raise ValueError(f"output_positions must be {rows} x P, got {tuple(positions.shape)}")
-    if _checkable(positions) and (int(positions.min()) < 0 or int(positions.max()) >= full_length):
+    if host_checkable(positions) and (int(positions.min()) < 0 or int(positions.max()) >= full_length):
         raise ValueError(f"output_positions must lie in [0, {full_length})")
     # A position beyond the used length is padding everywhere: its state is not defined by the text, use the last.
     return positions.to(torch.long).clamp(max=length - 1)
@@ -389,7 +359,7 @@ def _prepare_memory(states, masks, memory_index, num_rows: int, dtype):
         memory_index = memory_index.to(device=states.device, dtype=torch.long).reshape(-1)
         if memory_index.shape[0] != num_rows:
             raise ValueError(f"memory_index has {memory_index.shape[0]} entries for {num_rows} text rows")
-        if _checkable(memory_index) and (int(memory_index.min()) < 0 or int(memory_index.max()) >= states.shape[0]):
+        if host_checkable(memory_index) and (int(memory_index.min()) < 0 or int(memory_index.max()) >= states.shape[0]):
             raise ValueError(f"memory_index values must lie in [0, {states.shape[0]}) (the memory's rows)")
     memories, memory_masks = _as_memory_lists(states, masks, dtype)
     if memory_index is not None:

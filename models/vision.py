@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from scipy.interpolate import RectBivariateSpline
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
 
+from models.fast_ops import host_checkable, softmax_last_dim
+
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vision"
@@ -144,7 +146,7 @@ class _OnePassBiasWindowAttention(WindowAttention):
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
             attn = (attn.view(-1, *bias.shape[1:]) + bias.to(attn.dtype)).view(attn.shape)
-            x = self.attn_drop(self.softmax(attn)) @ v
+            x = self.attn_drop(softmax_last_dim(attn)) @ v
         x = x.transpose(1, 2).reshape(batch_windows, tokens, -1)
         return self.proj_drop(self.proj(x))
 
@@ -239,7 +241,7 @@ class SwinVisionEncoder(nn.Module):
         if tuple(atts.shape) != (idx.shape[0], 1 + self.num_patches):
             raise ValueError(f"image_atts must be {idx.shape[0]} x {1 + self.num_patches} "
                              f"(one row per idx_to_group_img entry), got {tuple(atts.shape)}")
-        if idx.numel() and not idx.is_meta and (int(idx.min()) < 0 or int(idx.max()) >= num_images):
+        if host_checkable(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_images):
             raise ValueError(f"idx_to_group_img values must lie in [0, {num_images}), "
                              f"got [{int(idx.min())}, {int(idx.max())}]")
 

@@ -325,20 +325,9 @@ def test_output_positions_give_the_states_at_those_positions():
         enc(ids, atts, encoder_hidden_states=memory, output_positions=positions + 4)
 
 
-def test_fast_dropout_rate_scale_and_gradient():
-    from models.text_encoder import FastDropout, fast_dropout
+def test_text_layers_use_fast_dropout():
+    from models.fast_ops import FastDropout
 
-    x = torch.ones(200_000)
-    y = fast_dropout(x, 0.1)
-    kept = y != 0
-    assert abs(kept.float().mean().item() - 0.9) < 0.005
-    scale = 1 / (1 - round(0.1 * 32768) / 32768)  # the rate is a multiple of 1/32768
-    assert torch.allclose(y[kept], torch.full((int(kept.sum()),), scale))
-    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
-    leaf = torch.randn(1000, requires_grad=True)
-    out = fast_dropout(leaf, 0.3)
-    out.backward(torch.ones_like(out))
-    torch.testing.assert_close(leaf.grad, (out != 0).float() * (1 / (1 - round(0.3 * 32768) / 32768)))
     encoder = make_encoder()
     assert all(type(m) is not torch.nn.Dropout for m in encoder.modules())
     assert sum(isinstance(m, FastDropout) for m in encoder.modules()) > 0
