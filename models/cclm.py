@@ -189,10 +189,9 @@ class CCLMBase(nn.Module):
     def draw_hard_negatives(self, x_feat, y_feat, idx=None, hard_negatives: HardNegatives | None = None
                             ) -> HardNegatives:
         """The injected negatives (checked) or one drawn per example from the local similarities."""
-        bs = x_feat.shape[0]
         if hard_negatives is None:
-            hard_negatives = sample_hard_negatives(x_feat, y_feat, self.temp, idx)
-        return check_hard_negatives(HardNegatives(*(t.to(x_feat.device) for t in hard_negatives)), bs)
+            return sample_hard_negatives(x_feat, y_feat, self.temp, idx)  # in range by construction
+        return check_hard_negatives(HardNegatives(*(t.to(x_feat.device) for t in hard_negatives)), x_feat.shape[0])
 
     def get_image_feat(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """Normalised contrastive feature of the image CLS."""

@@ -7,6 +7,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from models.fast_ops import host_checkable
 from utils.dist import all_gather_no_grad, all_gather_with_grad
 
 logger = logging.getLogger(__name__)
@@ -84,9 +85,10 @@ def sample_hard_negatives(x_feat: torch.Tensor, y_feat: torch.Tensor, temp: torc
     sim_y2x = similarity_logits(y_feat, x_feat, temp)
     weights_x2y = hard_negative_weights(sim_x2y, idx)
     weights_y2x = hard_negative_weights(sim_y2x, idx)
-    bs = x_feat.shape[0]
-    x_for_y = torch.cat([torch.multinomial(weights_y2x[b], 1, generator=generator) for b in range(bs)])
-    y_for_x = torch.cat([torch.multinomial(weights_x2y[b], 1, generator=generator) for b in range(bs)])
+    # One call per direction: on CPU it draws exactly what the reference's row-by-row calls draw (same generator
+    # use, row-major), and on a GPU it is one kernel instead of one per row.
+    x_for_y = torch.multinomial(weights_y2x, 1, generator=generator).squeeze(1)
+    y_for_x = torch.multinomial(weights_x2y, 1, generator=generator).squeeze(1)
     return HardNegatives(x_for_y, y_for_x)
 
 
@@ -95,7 +97,7 @@ def check_hard_negatives(negatives: HardNegatives, batch_size: int) -> HardNegat
     for name, index in (("x_for_y", negatives.x_for_y), ("y_for_x", negatives.y_for_x)):
         if index.shape != (batch_size,):
             raise ValueError(f"hard negatives {name}: expected shape ({batch_size},), got {tuple(index.shape)}")
-        if index.numel() and (index.min() < 0 or index.max() >= batch_size):
+        if host_checkable(index) and (int(index.min()) < 0 or int(index.max()) >= batch_size):
             raise ValueError(f"hard negatives {name}: indices must lie in [0, {batch_size}), got {index.tolist()}")
     return negatives
 
@@ -132,8 +134,9 @@ def paired_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> to
     return iou - (hull - union) / hull
 
 
-def _has_degenerate_box(boxes: torch.Tensor) -> bool:
-    return bool((boxes[:, 2:] < boxes[:, :2]).any())
+def _any_degenerate_box(*boxes: torch.Tensor) -> torch.Tensor:
+    """0-dim bool: whether any xyxy box has x1 < x0 or y1 < y0 (kept on the device: no host sync)."""
+    return torch.stack([(b[:, 2:] < b[:, :2]).any() for b in boxes]).any()
 
 
 def bbox_losses(pred: torch.Tensor, target: torch.Tensor, is_image: torch.Tensor | None = None
@@ -145,11 +148,14 @@ def bbox_losses(pred: torch.Tensor, target: torch.Tensor, is_image: torch.Tensor
     """
     l1 = F.l1_loss(pred, target, reduction="none")
     boxes_pred, boxes_target = box_cxcywh_to_xyxy(pred), box_cxcywh_to_xyxy(target)
-    if _has_degenerate_box(boxes_pred) or _has_degenerate_box(boxes_target):
+    degenerate = _any_degenerate_box(boxes_pred, boxes_target)
+    if host_checkable(degenerate) and bool(degenerate):
         logger.warning("bbox_losses: a degenerate box (x1 < x0 or y1 < y0); GIoU loss set to 0 for this batch")
-        giou = (pred * 0).sum(dim=1)  # zeros that keep the graph
-    else:
-        giou = 1 - paired_generalized_box_iou(boxes_pred, boxes_target)
+    # Decided on the device (no sync, no graph break): a degenerate batch computes the GIoU of unit boxes, whose
+    # loss is 0 and whose gradient to the predictions is 0 (a masked NaN would still poison the gradient).
+    unit = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=boxes_pred.dtype, device=boxes_pred.device)
+    giou = 1 - paired_generalized_box_iou(torch.where(degenerate, unit, boxes_pred),
+                                          torch.where(degenerate, unit, boxes_target))
     if is_image is None:
         weights = torch.ones_like(giou)
     else:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from models.cclm import CCLMBase, resolve_path
 from models.factory import register_model
+from models.fast_ops import host_checkable
 from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
 from models.text_encoder import SELF_ATTENTION_MASK_VALUE, build_text_encoder, extended_cross_attention_mask
 
@@ -104,16 +105,19 @@ class CCLMVQA(CCLMBase):
 
         ``answer_counts[b]`` answers (consecutive rows of ``answer_ids``) belong to question b.
         """
-        counts = torch.as_tensor(answer_counts, dtype=torch.long, device=question_ids.device)
-        if counts.shape != (question_ids.shape[0],) or int(counts.sum()) != answer_ids.shape[0]:
+        counts = torch.as_tensor(answer_counts, dtype=torch.long)  # a list stays on the host: checked for free
+        if counts.shape != (question_ids.shape[0],) or (host_checkable(counts)
+                                                        and int(counts.sum()) != answer_ids.shape[0]):
             raise ValueError(f"answer_counts {counts.tolist()} must give one count per question "
                              f"({question_ids.shape[0]}) summing to the number of answers ({answer_ids.shape[0]})")
         if weights.shape != (answer_ids.shape[0],):
             raise ValueError(f"weights must have one entry per answer ({answer_ids.shape[0]}), "
                              f"got shape {tuple(weights.shape)}")
         states = self.question_states(image, question_ids, question_atts)
-        nll = self.answer_nll(answer_ids, answer_atts, states.repeat_interleave(counts, dim=0),
-                              question_atts.repeat_interleave(counts, dim=0))
+        # output_size: the repeat needs no host read of the counts (a stall per step on a GPU).
+        counts, answers = counts.to(states.device), answer_ids.shape[0]
+        nll = self.answer_nll(answer_ids, answer_atts, states.repeat_interleave(counts, dim=0, output_size=answers),
+                              question_atts.repeat_interleave(counts, dim=0, output_size=answers))
         return {"loss_vqa": (weights.to(nll.dtype) * nll).sum() / image.shape[0]}
 
     # ------------------------------------------------------------------ inference

@@ -47,21 +47,28 @@ def _plain(value):
 
 
 class RunningMeans:
-    """Running averages of named scalars, reset at will (per log interval or per epoch)."""
+    """Running averages of named scalars, reset at will (per log interval or per epoch).
+
+    Tensor values are summed where they live and read once, in ``means()``: reading a GPU value at every step
+    would make the host wait for the step to finish before it could queue the next one.
+    """
 
     def __init__(self):
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self.started = time.perf_counter()
 
-    def update(self, values: Mapping[str, float], n: int = 1) -> None:
+    def update(self, values: Mapping, n: int = 1) -> None:
         for key, value in values.items():
-            value = float(value.detach().item() if hasattr(value, "detach") else value)
-            self.sums[key] += value * n
+            if hasattr(value, "detach"):
+                value = value.detach().reshape(()).double()  # float64: thousands of float32 terms drift
+            else:
+                value = float(value)
+            self.sums[key] = self.sums[key] + value * n
             self.counts[key] += n
 
     def means(self) -> dict[str, float]:
-        return {k: self.sums[k] / max(1, self.counts[k]) for k in self.sums}
+        return {k: float(self.sums[k]) / max(1, self.counts[k]) for k in self.sums}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

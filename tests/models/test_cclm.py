@@ -316,3 +316,16 @@ def test_training_graph_has_no_advanced_indexing_backward(model, kind):
              "region": region_batch()}[kind]
     losses = model.train()(**batch)
     assert "IndexBackward0" not in _backward_node_names(sum(losses.values()))
+
+
+@pytest.mark.parametrize("kind", ["image", "para", "region"])
+def test_training_forward_compiles_to_one_graph(model, kind):
+    """Under run.compile a graph break splits the step (and a host read of a tensor value, which is what breaks it,
+    would also stall a GPU at every step): input checks must not read values while compiling."""
+    batch = {"image": dict(image=image_batch(), **text_batch(1), **text_batch(2, "_2")),
+             "para": dict(image=None, **text_batch(1), **text_batch(2, "_2")),
+             "region": region_batch()}[kind]
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model.train())(**batch)
+    reasons = [str(r.reason).splitlines()[0] for r in explanation.break_reasons]
+    assert explanation.graph_break_count == 0, reasons

@@ -58,6 +58,24 @@ def test_hard_negatives_are_never_the_positive():
         assert (idx[neg.x_for_y] != idx).all() and (idx[neg.y_for_x] != idx).all()
 
 
+def test_hard_negatives_draw_what_the_reference_row_by_row_draws():
+    """One multinomial call per direction must use the generator exactly as the reference's per-row calls do
+    (negative images for every text first, then negative texts for every image)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(7, 8, generator=g), dim=-1)
+    temp = torch.tensor(0.07)
+    drawn = sample_hard_negatives(x, y, temp, generator=torch.Generator().manual_seed(11))
+    ref_gen = torch.Generator().manual_seed(11)
+    w_x2y = torch.softmax(x @ y.t() / temp, dim=1) + 1e-5
+    w_y2x = torch.softmax(y @ x.t() / temp, dim=1) + 1e-5
+    w_x2y.fill_diagonal_(0)
+    w_y2x.fill_diagonal_(0)
+    x_for_y = [int(torch.multinomial(w_y2x[b], 1, generator=ref_gen)) for b in range(7)]
+    y_for_x = [int(torch.multinomial(w_x2y[b], 1, generator=ref_gen)) for b in range(7)]
+    assert drawn.x_for_y.tolist() == x_for_y and drawn.y_for_x.tolist() == y_for_x
+
+
 def test_hard_negatives_from_reference_draws_keep_the_order():
     neg = HardNegatives.from_draws([[9], [1], [5], [2]])
     assert neg.x_for_y.tolist() == [9, 1] and neg.y_for_x.tolist() == [5, 2]
@@ -127,3 +145,14 @@ def test_bbox_losses_zero_giou_for_a_degenerate_box():
     l1, giou = bbox_losses(pred, target)
     assert giou.item() == 0 and giou.requires_grad
     assert l1.item() == pytest.approx(0.3 / 2, rel=1e-5)
+    giou.backward()
+    assert torch.equal(pred.grad, torch.zeros_like(pred))  # no gradient, and no NaN, from the zeroed term
+
+
+def test_bbox_losses_with_a_box_whose_giou_is_nan_still_give_finite_gradients():
+    pred = torch.tensor([[0.5, 0.5, 0.2, 0.2]], requires_grad=True)
+    target = torch.tensor([[0.5, 0.5, -0.2, 0.2]])  # x1 < x0: area and union 0 -> NaN GIoU if computed
+    l1, giou = bbox_losses(pred, target)
+    (l1 + giou).backward()
+    assert giou.item() == 0 and torch.isfinite(pred.grad).all()
+    torch.testing.assert_close(pred.grad, torch.tensor([[0.0, 0.0, 1.0, 0.0]]))  # the L1 term's sign only

@@ -1,0 +1,45 @@
+import json
+import math
+
+import pytest
+import torch
+
+from utils.logging import RunningMeans, append_jsonl
+
+
+def test_running_means_average_tensors_and_numbers_with_weights():
+    meters = RunningMeans()
+    meters.update({"loss": torch.tensor(1.0), "lr": 0.5})
+    meters.update({"loss": torch.tensor([4.0])}, n=2)  # one-element tensors of any shape
+    meters.update({"lr": 1.5})
+    assert meters.means() == pytest.approx({"loss": 3.0, "lr": 1.0})
+    assert meters.counts == {"loss": 3, "lr": 2}
+
+
+def test_running_means_keep_tensor_sums_on_their_device_until_read():
+    meters = RunningMeans()
+    for value in (0.1, 0.2, 0.3):
+        meters.update({"loss": torch.tensor(value, requires_grad=True) * 1})
+    assert isinstance(meters.sums["loss"], torch.Tensor) and not meters.sums["loss"].requires_grad
+    assert isinstance(meters.means()["loss"], float)
+    assert meters.means()["loss"] == pytest.approx(0.2)
+
+
+def test_running_means_reject_a_tensor_that_is_not_a_scalar():
+    with pytest.raises(RuntimeError):
+        RunningMeans().update({"loss": torch.ones(2)})
+
+
+def test_running_means_reset_forgets_everything():
+    meters = RunningMeans()
+    meters.update({"loss": torch.tensor(2.0)})
+    meters.reset()
+    assert meters.means() == {} and not meters.counts
+
+
+def test_append_jsonl_writes_plain_numbers_and_names_non_finite_values(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1, "loss": torch.tensor(0.25)})
+    append_jsonl(path, {"step": 2, "loss": math.inf})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": 0.25}, {"step": 2, "loss": "inf"}]
