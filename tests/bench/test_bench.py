@@ -67,3 +67,18 @@ def test_step_flop_formula_agrees_with_torch_flop_counter(kind):
     counted = gpu.counted_flops(model, optimizer, batch, torch.device("cpu"))
     formula = gpu.train_step_flops(kind, 4, **shape)["total"]
     assert abs(counted / formula - 1) < 0.01
+
+
+def test_attention_ops_bench_runs_and_writes_its_figures(tmp_path, capsys):
+    import json
+
+    ops = load("attention_ops")
+    threads = torch.get_num_threads()
+    try:
+        assert ops.main(["--rounds", "1", "--threads", "1", "--json", str(tmp_path / "ops.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process's thread count
+
+    rows = json.loads((tmp_path / "ops.json").read_text())["rows"]
+    assert len(rows) == 2 * len(ops.SHAPES) and all(r["stock_ms"] > 0 and r["fast_ops_ms"] > 0 for r in rows)
+    assert "fast_ops ms" in capsys.readouterr().out
