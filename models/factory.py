@@ -12,6 +12,7 @@ MODELS: dict[str, str] = {
     "cclm_retrieval": "models.retrieval:CCLMRetrieval",
     "cclm_classification": "models.classification:CCLMClassification",
     "cclm_nlvr": "models.nlvr:CCLMNLVR",
+    "cclm_nlvr_domain": "models.nlvr:CCLMNLVRDomain",
     "cclm_vqa": "models.vqa:CCLMVQA",
 }
 

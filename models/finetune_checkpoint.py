@@ -3,9 +3,9 @@
 Three layouts meet here (every key below is relative to the full model):
 - the reference PRE-TRAINING layout (``CrossViewLM``): official Swin keys with their buffers, ``text_encoder.bert.*``,
   ``text_encoder.cls.*`` (MLM head), ``text_proj``, ``vision_proj``, ``temp``, ``itm_head``, ``bbox_head``;
-- the reference FINE-TUNING layouts (released task checkpoints): official Swin keys with buffers, a bare encoder
-  ``text_encoder.{embeddings,encoder}.*`` and the task's heads (VQA adds ``text_decoder.{bert,cls}.*``; NLVR has 18
-  text layers);
+- the reference FINE-TUNING layouts (released task checkpoints, and the NLVR domain pre-training checkpoint):
+  official Swin keys with buffers, a bare encoder ``text_encoder.{embeddings,encoder}.*`` and the task's heads (VQA
+  adds ``text_decoder.{bert,cls}.*``; NLVR and NLVR domain pre-training have 18 text layers);
 - OURS: timm Swin keys without buffers, ``text_encoder.bert.*`` (our ``TextEncoder``, no MLM head), no position-id
   buffers, the same head names as the reference.
 
@@ -33,16 +33,20 @@ from models.vision import (interpolate_relative_position_bias_table, is_referenc
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("retrieval", "classification", "nlvr", "vqa")
+TASKS = ("retrieval", "classification", "nlvr", "nlvr_domain", "vqa")
+# The two-image tasks: paired fusion layers (a 12-layer encoder gets each fusion layer duplicated), shared K/V.
+TWO_IMAGE_TASKS = ("nlvr", "nlvr_domain")
 # Top-level modules of each task model (identical names in the reference task layout and in ours).
 TASK_MODULES = {
     "retrieval": ("vision_encoder", "text_encoder", "vision_proj", "text_proj", "temp", "itm_head"),
     "classification": ("vision_encoder", "text_encoder", "cls_head"),
     "nlvr": ("vision_encoder", "text_encoder", "cls_head"),
+    "nlvr_domain": ("vision_encoder", "text_encoder", "vision_proj", "ta_head"),
     "vqa": ("vision_encoder", "text_encoder", "text_decoder"),
 }
 # Heads that no pre-trained checkpoint provides: they start from random init (the reference's init_params).
-NEW_HEADS = {"retrieval": (), "classification": ("cls_head.",), "nlvr": ("cls_head.",), "vqa": ()}
+NEW_HEADS = {"retrieval": (), "classification": ("cls_head.",), "nlvr": ("cls_head.",), "nlvr_domain": ("ta_head.",),
+             "vqa": ()}
 
 VISION = "vision_encoder."
 SWIN_BUFFERS = ("relative_position_index", "attn_mask")
@@ -63,9 +67,10 @@ _DROP_REASONS = {
     "bbox_head.": "the box head of pre-training; no task model uses it",
     "itm_head.": "the matching head of pre-training; only retrieval uses it",
     "text_proj.": "a contrastive projection; only retrieval uses it",
-    "vision_proj.": "a contrastive projection; only retrieval uses it",
+    "vision_proj.": "a contrastive projection; only retrieval and NLVR domain pre-training use it",
     "temp": "the contrastive temperature; only retrieval uses it",
-    "ta_head.": "the NLVR domain pre-training head (left/right/none); the NLVR model has cls_head instead",
+    "ta_head.": "the NLVR domain pre-training head (left/right/neither); only that pre-training uses it (NLVR has "
+                "cls_head instead)",
 }
 
 
@@ -247,7 +252,7 @@ def pretrain_to_task_reference(state_dict: dict, task: str, window_size: int | N
     """Reference pre-training state dict -> the task's reference layout, by the reference's fine-tuning load rules.
 
     Bias tables are interpolated to ``window_size`` (None: left as they are) and Swin buffers dropped; the text
-    keys are renamed per task (bare encoder; NLVR fusion layers duplicated; VQA decoder copied from the fusion
+    keys are renamed per task (bare encoder; two-image fusion layers duplicated; VQA decoder copied from the fusion
     layers); modules the task lacks are dropped. All drops are in the report.
     """
     _check_task(task)
@@ -256,7 +261,7 @@ def pretrain_to_task_reference(state_dict: dict, task: str, window_size: int | N
     state = resize_bias_tables(state, window_size, report)
     if task in ("retrieval", "classification"):
         state = strip_bert(state)
-    elif task == "nlvr":
+    elif task in TWO_IMAGE_TASKS:
         state = _nlvr_layers(strip_bert(state, also_roberta=True), num_fusion_pairs)
     else:
         num_dec = num_dec_layers or _num_fusion_layers(state)
@@ -297,7 +302,7 @@ def task_reference_to_ours(state_dict: dict, task: str, window_size: int | None 
     if vision:
         converted = swin_reference_to_ours(vision, window_size=window_size)
         out.update({VISION + k: v for k, v in converted.items()})
-    if task == "nlvr":
+    if task in TWO_IMAGE_TASKS:
         _warn_if_shared_kv_differ(out)
     return out, report
 
@@ -355,8 +360,8 @@ def convert_for_task(state_dict: dict, task: str, window_size: int | None = None
     - a pre-training checkpoint (the reference's, or ours, first brought to the reference layout): the reference's
       fine-tuning rules (``is_eval`` must be False: the reference's eval load would leave the text encoder unloaded);
     - a fine-tuned checkpoint (the reference's, or ours, first brought to the reference layout): renames only with
-      ``is_eval``; otherwise bias tables are also resized to ``window_size`` (and a 12-layer encoder gets NLVR's
-      duplicated fusion layers), as the reference's non-eval loader does.
+      ``is_eval``; otherwise bias tables are also resized to ``window_size`` (and for the two-image tasks a 12-layer
+      encoder gets its fusion layers duplicated), as the reference's non-eval loader does.
     Modules the task model does not have are dropped and reported in every case.
     """
     _check_task(task)
@@ -374,9 +379,9 @@ def convert_for_task(state_dict: dict, task: str, window_size: int | None = None
         return converted, report.merge(renames)
     if layout == "ours_finetune":
         state = ours_to_task_reference(state, task)
-    if task == "nlvr" and not is_eval:
+    if task in TWO_IMAGE_TASKS and not is_eval:
         if num_fusion_pairs is None:
-            raise ValueError("NLVR from a fine-tuning-layout checkpoint: give num_fusion_pairs, so that a 12-layer "
+            raise ValueError(f"{task} from a fine-tuning-layout checkpoint: give num_fusion_pairs, so that a 12-layer "
                              "encoder is told from an already paired one")
         state = _nlvr_layers(state, num_fusion_pairs)
     converted, report = task_reference_to_ours(state, task, window_size=None if is_eval else window_size)

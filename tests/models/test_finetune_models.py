@@ -329,16 +329,21 @@ def test_vqa_rank_answers_follows_the_reference_scoring(root):
 
 # --------------------------------------------------------------------------------------------- loading
 
-@pytest.fixture(scope="module")
-def pretrain_reference_state(root):
-    """A tiny CCLM pre-training model's state dict in the reference layout, with non-trivial biases."""
+def tiny_pretrained_model(root) -> CCLMPretrain:
+    """A tiny CCLM pre-training model with non-trivial biases (seeded)."""
     torch.manual_seed(11)
     model = CCLMPretrain(tiny_config(), root=root)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias"):
                 param.uniform_(-0.1, 0.1)
-    return ours_to_reference(model.state_dict())
+    return model
+
+
+@pytest.fixture(scope="module")
+def pretrain_reference_state(root):
+    """A tiny CCLM pre-training model's state dict in the reference layout."""
+    return ours_to_reference(tiny_pretrained_model(root).state_dict())
 
 
 def test_retrieval_loads_a_pretraining_checkpoint(root, pretrain_reference_state):
