@@ -129,30 +129,43 @@ def steps_per_epoch(config: dict, world_size: int) -> int:
     return math.ceil(size / (int(config["images"]["batch_size"]) * world_size))
 
 
+def train_on_streams(config: dict, env, model, output_dir, train_step, title: str, task: str,
+                     extra: dict | None = None) -> dict:
+    """Train ``model`` with ``train_step`` on the config's data streams (resuming if asked) and write results.json/md
+    (the last logging window's mean losses); returns those rows."""
+    root = resolve_data_root(config)
+    tokenizer = load_tokenizer(config["text_encoder"])
+    streams = PretrainStreams(config, tokenizer, env, int(config["seed"]), root)
+    n_steps = steps_per_epoch(config, env.world_size)
+    trainer = Trainer(config, env, model, output_dir=output_dir, steps_per_epoch=n_steps,
+                      train_batches=streams.epoch_batches(n_steps), init_params=model.init_params,
+                      train_step=train_step, extra_state=streams.state)
+    if config.get("resume"):
+        trainer.resume(config["resume"])
+    streams.start(trainer.resumed_extra)
+    trainer.fit()
+    rows = {"final": {**trainer.last_train_means, "steps": trainer.state.step}}
+    if env.is_main:
+        write_results(output_dir, rows, primary="steps", title=title, iglue=False, row_name="window",
+                      note="Mean training losses over the last logging window.",
+                      extra={"task": task, "epochs": trainer.epochs, "steps_per_epoch": n_steps, **(extra or {})})
+    return rows
+
+
+def build_model(name: str, config: dict):
+    """The text encoder prepared (downloaded or made from text_config), then the model and its starting weights."""
+    root = resolve_data_root(config)
+    config["text_encoder"] = prepare_text_encoder(config, root)
+    model = create_model(name, config, root=root)
+    load_starting_weights(model, config)
+    return model
+
+
 def main(argv=None) -> dict:
     run = setup_run(SPEC, argv, "CCLM pre-training")
-    config, env = run.config, run.env
     try:
-        root = resolve_data_root(config)
-        config["text_encoder"] = prepare_text_encoder(config, root)
-        tokenizer = load_tokenizer(config["text_encoder"])
-        model = create_model("cclm_pretrain", config, root=root)
-        load_starting_weights(model, config)
-        streams = PretrainStreams(config, tokenizer, env, int(config["seed"]), root)
-        n_steps = steps_per_epoch(config, env.world_size)
-        trainer = Trainer(config, env, model, output_dir=run.output_dir, steps_per_epoch=n_steps,
-                          train_batches=streams.epoch_batches(n_steps), init_params=model.init_params,
-                          train_step=pretrain_step, extra_state=streams.state)
-        if config.get("resume"):
-            trainer.resume(config["resume"])
-        streams.start(trainer.resumed_extra)
-        trainer.fit()
-        rows = {"final": {**trainer.last_train_means, "steps": trainer.state.step}}
-        if env.is_main:
-            write_results(run.output_dir, rows, primary="steps", title="Pre-training", iglue=False, row_name="window",
-                          note="Mean training losses over the last logging window.",
-                          extra={"task": "pretrain", "epochs": trainer.epochs, "steps_per_epoch": n_steps})
-        return rows
+        model = build_model("cclm_pretrain", run.config)
+        return train_on_streams(run.config, run.env, model, run.output_dir, pretrain_step, "Pre-training", "pretrain")
     finally:
         cleanup_distributed()
 

@@ -33,6 +33,7 @@ TASKS: dict[str, Task] = {
     "xvnli": Task("XVNLI.py", "configs/xvnli/xvnli.yaml", "configs/xvnli/xvnli_fewshot.yaml"),
     "gqa": Task("GQA.py", "configs/gqa/gqa.yaml", "configs/gqa/gqa_fewshot.yaml"),
     "nlvr": Task("NLVR.py", "configs/nlvr/nlvr.yaml", "configs/nlvr/nlvr_fewshot.yaml"),
+    "nlvr_domain": Task("NLVR_pretrain.py", "configs/nlvr/nlvr_domain.yaml"),
     "xflickrco": Task("xFlickrCO.py", "configs/xflickrco/xflickrco.yaml", "configs/xflickrco/xflickrco_fewshot.yaml"),
     "wit": Task("WIT.py", "configs/wit/wit.yaml"),
     "demo": Task("Demo.py", "configs/tiny/demo.yaml"),

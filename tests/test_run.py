@@ -92,3 +92,9 @@ def test_gmt_is_forwarded(capsys):
     out = dry(capsys, "--task", "xflickrco", "--dist", "cpu", "--gmt", "--evaluate")
     assert "--gmt" in out and "--config configs/xflickrco/xflickrco.yaml" in out
     assert "--gmt" not in dry(capsys, "--task", "xflickrco", "--dist", "cpu")
+
+
+def test_nlvr_domain_runs_the_domain_script_with_its_config(capsys):
+    out = dry(capsys, "--task", "nlvr_domain", "--dist", "cpu", "--checkpoint", "/ckpt/cclm.th", "--fewshot", "id")
+    assert "NLVR_pretrain.py --config configs/nlvr/nlvr_domain.yaml" in out
+    assert "--checkpoint /ckpt/cclm.th" in out and "--fewshot id" in out  # phase 2 takes --fewshot from the script
