@@ -150,12 +150,16 @@ class CCLMBase(nn.Module):
                                  encoder_attention_mask=image_atts, mode="multi_modal", memory_index=memory_index,
                                  output_positions=output_positions)
 
-    def get_cross_cls(self, image_embeds, image_atts, text_embeds, text_atts, memory_index=None) -> torch.Tensor:
-        """Fused CLS states (B x width) of text-mode states attending to ``image_embeds``; the last fusion layer
-        computes only the CLS (what the ITM head reads)."""
-        cls = torch.zeros((text_embeds.shape[0], 1), dtype=torch.long, device=text_embeds.device)
-        return self.get_cross_embeds(image_embeds, image_atts, text_embeds=text_embeds, text_atts=text_atts,
-                                     memory_index=memory_index, output_positions=cls)[:, 0]
+    def get_cross_cls(self, image_embeds, image_atts, text_embeds=None, text_atts=None, memory_index=None, *,
+                      text_ids=None) -> torch.Tensor:
+        """Fused CLS states (B x width), what the ITM and task heads read, from text-mode states (``text_embeds``:
+        the fusion layers) or token ids (``text_ids``: every layer); the last layer computes only the CLS."""
+        text = text_embeds if text_embeds is not None else text_ids
+        if text is None:
+            raise ValueError("get_cross_cls: give text_embeds or text_ids")
+        cls = torch.zeros((text.shape[0], 1), dtype=torch.long, device=text.device)
+        return self.get_cross_embeds(image_embeds, image_atts, text_ids=text_ids, text_embeds=text_embeds,
+                                     text_atts=text_atts, memory_index=memory_index, output_positions=cls)[:, 0]
 
     def get_text_embeds_together(self, texts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Text-mode states of several (ids, mask) batches in one encoder pass (padded to a common length)."""

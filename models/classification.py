@@ -39,8 +39,7 @@ class CCLMClassification(CCLMBase):
     def logits(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
         """Class logits (B x num_labels)."""
         image_embeds, image_atts = self.get_vision_embeds(image)
-        fused = self.get_cross_embeds(image_embeds, image_atts, text_ids=text_ids, text_atts=text_atts)
-        return self.cls_head(fused[:, 0])
+        return self.cls_head(self.get_cross_cls(image_embeds, image_atts, text_atts=text_atts, text_ids=text_ids))
 
     def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor,
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -76,9 +76,8 @@ class CCLMTwoImage(CCLMBase):
                   right_atts: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
         """Fused CLS (B x text_width) of the text through all layers, each pair's first fusion layer attending to
         the left image, the second to the right one."""
-        fused = self.get_cross_embeds([left_embeds, right_embeds], [left_atts, right_atts], text_ids=text_ids,
-                                      text_atts=text_atts)
-        return fused[:, 0]
+        return self.get_cross_cls([left_embeds, right_embeds], [left_atts, right_atts], text_atts=text_atts,
+                                  text_ids=text_ids)
 
 
 class CCLMNLVR(CCLMTwoImage):

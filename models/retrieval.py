@@ -54,8 +54,7 @@ class CCLMRetrieval(CCLMBase):
         if image_embeds.shape[0] != text_embeds.shape[0]:
             raise ValueError(f"itm_score: {image_embeds.shape[0]} image rows but {text_embeds.shape[0]} text rows; "
                              "repeat the image (or the text) so that row i is one pair")
-        fused = self.get_cross_embeds(image_embeds, image_atts, text_embeds=text_embeds, text_atts=text_atts)
-        return self.itm_head(fused[:, 0])[:, 1]
+        return self.itm_head(self.get_cross_cls(image_embeds, image_atts, text_embeds, text_atts))[:, 1]
 
     # ------------------------------------------------------------------ training
     def forward(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor, idx: torch.Tensor,

@@ -476,3 +476,33 @@ def test_golden_reference_pretraining_state_loads_into_every_task_model(golden_d
     else:
         assert torch.equal(own["text_encoder.bert.encoder.layer.11.output.dense.weight"],
                            state["text_encoder.bert.encoder.layer.11.output.dense.weight"])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_task_heads_read_a_cls_computed_alone_in_the_last_layer(root, train):
+    """Classification, NLVR and retrieval compute only the CLS in their last layer; it must equal the CLS of the
+    full fused sequence (dropout off in both runs, so that train mode, where the text layers pack real tokens, is
+    compared too)."""
+    ids, atts = text()
+    for cls in (CCLMClassification, CCLMNLVR, CCLMRetrieval):
+        model = build(cls, root).train(train)
+        for module in model.modules():  # no dropout or drop-path: the same numbers in both computations
+            if hasattr(module, "p") and isinstance(module.p, float):
+                module.p = 0.0
+            if hasattr(module, "drop_prob"):
+                module.drop_prob = 0.0
+        image_embeds, image_atts = model.get_vision_embeds(images())
+        if cls is CCLMNLVR:
+            memory, memory_atts = [image_embeds, image_embeds.flip(0)], [image_atts, image_atts]
+            alone = model.fused_cls(image_embeds, image_atts, image_embeds.flip(0), image_atts, ids, atts)
+            full = model.get_cross_embeds(memory, memory_atts, text_ids=ids, text_atts=atts)[:, 0]
+        elif cls is CCLMClassification:
+            alone = model.get_cross_cls(image_embeds, image_atts, text_atts=atts, text_ids=ids)
+            full = model.get_cross_embeds(image_embeds, image_atts, text_ids=ids, text_atts=atts)[:, 0]
+        else:
+            states = model.get_text_embeds(ids, atts)
+            alone = model.get_cross_cls(image_embeds, image_atts, states, atts)
+            full = model.get_cross_embeds(image_embeds, image_atts, text_embeds=states, text_atts=atts)[:, 0]
+        torch.testing.assert_close(alone, full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="text_embeds or text_ids"):
+        model.get_cross_cls(image_embeds, image_atts, text_atts=atts)
