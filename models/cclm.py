@@ -44,6 +44,27 @@ def _require(config: dict, key: str):
     return config[key]
 
 
+# Switches of the reference's configs that select code paths this implementation does not have. Their reference
+# default is accepted; any other value is an error naming the key, never silently ignored.
+UNSUPPORTED_SWITCHES = {
+    "use_tlm": (False, "the reference's alternative TLM objective for parallel text (unused by its released "
+                       "configs) is not implemented; the default path (ttc + ttm + mlm) is"),
+    "use_one_cl_proj_only": (False, "one projection for both modalities (unused by the released configs) is not "
+                                    "implemented"),
+    "use_clip_vit": (False, "only the Swin vision encoder is implemented (the released models use Swin-B)"),
+    "use_swin": (True, "only the Swin vision encoder is implemented (the released models use Swin-B)"),
+    "mask_whole_word": (False, "whole-word masking is not implemented (nor was it in the reference)"),
+}
+
+
+def check_switches(config: dict) -> None:
+    """Reject a reference config switch set to a code path we do not implement (see UNSUPPORTED_SWITCHES)."""
+    for key, (supported, why) in UNSUPPORTED_SWITCHES.items():
+        if key in config and config[key] is not None and bool(config[key]) != supported:
+            raise ValueError(f"model config: {key}={config[key]!r} is not supported: {why}; set {key}: "
+                             f"{str(supported).lower()}")
+
+
 class CCLMBase(nn.Module):
     """Encoders and the operations every CCLM model shares.
 
@@ -54,6 +75,7 @@ class CCLMBase(nn.Module):
 
     def __init__(self, config: dict, root: str | Path | None = None):
         super().__init__()
+        check_switches(config)
         self.config = dict(config)
         self.root = root
         self.init_params: list[str] = []
@@ -353,7 +375,9 @@ class CCLMPretrain(CCLMBase):
         losses["loss_mlm"] = mlm_loss(self.text_encoder.token_logits(fused[1]), masked_ids)
         if ret_bbox_loss:
             boxes = predict_box(self.bbox_head, fused[2][:, 0])
-            losses["loss_bbox"], losses["loss_giou"] = bbox_losses(boxes, target_bbox, is_image)
+            # calc_image_bbox_loss: whole-image captions count in the box losses too (their target is the image)
+            counted = None if self.config.get("calc_image_bbox_loss") else is_image
+            losses["loss_bbox"], losses["loss_giou"] = bbox_losses(boxes, target_bbox, counted)
         return losses
 
     def forward_para_text(self, text_ids, text_atts, text_ids_masked, masked_pos, masked_ids, text_ids_2,

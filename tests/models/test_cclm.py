@@ -165,6 +165,38 @@ def test_config_errors_name_the_key(tmp_path):
         CCLMPretrain(config, root=tmp_path)
 
 
+@pytest.mark.parametrize("key,value", [("use_tlm", True), ("use_one_cl_proj_only", True), ("use_clip_vit", True),
+                                       ("use_swin", False), ("mask_whole_word", True)])
+def test_reference_switches_without_an_implementation_are_errors(tmp_path, key, value):
+    with pytest.raises(ValueError, match=rf"{key}={value!r} is not supported"):
+        CCLMPretrain(tiny_config(tmp_path, **{key: value}), root=tmp_path)
+
+
+def test_reference_switches_at_their_defaults_are_accepted(tmp_path):
+    defaults = {"use_tlm": False, "use_one_cl_proj_only": False, "use_clip_vit": False, "use_swin": True,
+                "mask_whole_word": False}
+    CCLMPretrain(tiny_config(tmp_path, **defaults), root=tmp_path)
+
+
+@pytest.mark.parametrize("calc_image_bbox_loss", [False, True])
+def test_calc_image_bbox_loss_counts_whole_image_captions_in_the_box_losses(tmp_path, monkeypatch,
+                                                                            calc_image_bbox_loss):
+    import models.cclm as cclm_module
+
+    seen = []
+    real = cclm_module.bbox_losses
+    monkeypatch.setattr(cclm_module, "bbox_losses", lambda pred, target, is_image: seen.append(is_image) or
+                        real(pred, target, is_image))
+    torch.manual_seed(0)
+    model = CCLMPretrain(tiny_config(tmp_path, calc_image_bbox_loss=calc_image_bbox_loss), root=tmp_path)
+    batch = region_batch()
+    model(**batch)
+    if calc_image_bbox_loss:
+        assert seen == [None]  # every item counts (bbox_losses' contract, tested in test_losses)
+    else:
+        assert torch.equal(seen[0], batch["is_image"])
+
+
 def test_factory_builds_registered_models(tmp_path):
     model = create_model("cclm_pretrain", tiny_config(tmp_path, itc_gather="full"), root=tmp_path)
     assert isinstance(model, CCLMPretrain) and model.itc_gather == "full"
