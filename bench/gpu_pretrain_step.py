@@ -229,6 +229,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile at the largest image batch that fitted (half the budget left)")
     parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--no-profile", dest="profile", action="store_false",
+                        help="skip the profiled step (by default one step of the largest image batch that fitted is "
+                             "profiled and its top operators written to $OUT/gpu_profile.txt and the JSON)")
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 dense TFLOP/s (default: from the GPU name)")
     parser.add_argument("--size", choices=("full", "small"), default="full", help=argparse.SUPPRESS)
     parser.add_argument("--allow-cpu", action="store_true", help="run on CPU (to check the script; no MFU)")
@@ -284,6 +287,9 @@ def run_all(args, model, optimizer, shape, device, peak, started, rows: list) ->
             if row["status"] != "ok":
                 break  # larger batches of this kind would fail the same way
             fitted[kind] = batch_size
+    if args.profile and "image" in fitted and time.perf_counter() - started < args.budget_s:
+        rows.append({"kind": "image", "batch": fitted["image"], "profile": guarded(
+            profile_one, model, optimizer, fitted["image"], shape, device)})
     # Compiling the full model takes minutes: only when at least half of the budget is left.
     if args.compile and "image" in fitted and time.perf_counter() - started < args.budget_s / 2:
         row = {"kind": "image", "batch": fitted["image"], "compiled": True}
@@ -326,6 +332,31 @@ def measure_one(model, optimizer, kind, batch_size, shape, device, args, peak, c
         out["counter_flops"] = counted_flops(model, optimizer, batch, device)
         out["counter_vs_formula"] = out["counter_flops"] / flops["total"]
     return out
+
+
+def profile_one(model, optimizer, batch_size, shape, device, top: int = 40) -> dict:
+    """One profiled step (after one warm-up) of an image batch: the operators that took the most device time (CPU
+    time without a GPU), as a table; also written to $OUT/gpu_profile.txt when $OUT is set."""
+    import os
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = make_batch("image", batch_size, shape["vocab"], shape["vision"], device)
+    run_step(model, optimizer, batch, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run_step(model, optimizer, batch, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=top, max_name_column_width=60)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+        Path(os.environ["OUT"], "gpu_profile.txt").write_text(f"image batch {batch_size}, sorted by {sort_by}\n"
+                                                              + table)
+    print(f"profiled one image step at batch {batch_size} (top {top} operators by {sort_by})", flush=True)
+    return {"status": "ok", "sort_by": sort_by, "table": table}
 
 
 def _row_line(row: dict) -> str:

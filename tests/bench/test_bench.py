@@ -82,3 +82,17 @@ def test_attention_ops_bench_runs_and_writes_its_figures(tmp_path, capsys):
     rows = json.loads((tmp_path / "ops.json").read_text())["rows"]
     assert len(rows) == 2 * len(ops.SHAPES) and all(r["stock_ms"] > 0 and r["fast_ops_ms"] > 0 for r in rows)
     assert "fast_ops ms" in capsys.readouterr().out
+
+
+def test_gpu_script_runs_on_cpu_and_writes_its_profile(tmp_path, monkeypatch):
+    """The one-shot GPU script end to end at the small size on CPU: a timed row and the profiled step's table."""
+    import json
+
+    gpu = load("gpu_pretrain_step")
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gpu.main(["--allow-cpu", "--size", "small", "--batches", "2", "--steps", "1", "--warmup", "1",
+                     "--kinds", "image"]) == 0
+    rows = json.loads((tmp_path / "gpu_pretrain_step.json").read_text())["rows"]
+    assert rows[0]["status"] == "ok" and rows[0]["median_s"] > 0
+    assert rows[-1]["profile"]["status"] == "ok"
+    assert "aten::" in (tmp_path / "gpu_profile.txt").read_text()
