@@ -68,9 +68,10 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
     bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
     keep = (bits.view(torch.int16)[:x.numel()].view(x.shape) & 0x7FFF) >= threshold
     scale = 1.0 / (1.0 - threshold / 32768)
+    keep = keep.view(torch.uint8).to(x.dtype)  # the same 0/1; ATen's uint8 -> float cast is ~5x faster than bool's
     if x.dtype == torch.float32:
-        return x * keep.to(x.dtype).mul_(scale)
-    return x * keep.to(x.dtype) * scale  # scale in float maths: 1/(1-p) is inexact in bf16
+        return x * keep.mul_(scale)
+    return x * keep * scale  # scale in float maths: 1/(1-p) is inexact in bf16
 
 
 class FastDropout(nn.Dropout):
