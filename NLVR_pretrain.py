@@ -57,6 +57,10 @@ def finetune_argv(config: dict, output_dir: Path, device: str | None) -> list[st
 
 def pretrain_domain(config: dict, env, output_dir: Path) -> dict:
     """Phase 1: train ``cclm_nlvr_domain`` and write its results; the mean losses of the last logging window."""
+    per_process = int(config["images"]["batch_size"])
+    if per_process < 3:
+        raise ConfigError(f"images.batch_size is {per_process} per process; the domain objective needs at least 3 "
+                          "images per batch (two distinct negatives per caption); --bs is split over the processes")
     model = build_model("cclm_nlvr_domain", config)
     finetune = config["nlvr_finetune"]
     rows = train_on_streams(config, env, model, output_dir, domain_step, "NLVR domain pre-training", "nlvr_domain",

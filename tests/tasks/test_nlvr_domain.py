@@ -65,3 +65,8 @@ def test_domain_pretraining_alone_lowers_its_loss(world, tmp_path):
 def test_domain_pretraining_has_no_evaluate_mode(world, tmp_path):
     with pytest.raises(ConfigError, match="--task nlvr --evaluate"):
         NLVR_pretrain.main(["--config", TINY, "--output_dir", str(tmp_path), "--evaluate"])
+
+
+def test_a_batch_too_small_for_two_negatives_is_a_config_error(world, tmp_path):
+    with pytest.raises(ConfigError, match="images.batch_size is 2 per process"):
+        NLVR_pretrain.main(["--config", TINY, "--output_dir", str(tmp_path), "--bs", "2"])
