@@ -179,9 +179,9 @@ class CCLMBase(nn.Module):
         text = text_embeds if text_embeds is not None else text_ids
         if text is None:
             raise ValueError("get_cross_cls: give text_embeds or text_ids")
-        cls = torch.zeros((text.shape[0], 1), dtype=torch.long, device=text.device)
         return self.get_cross_embeds(image_embeds, image_atts, text_ids=text_ids, text_embeds=text_embeds,
-                                     text_atts=text_atts, memory_index=memory_index, output_positions=cls)[:, 0]
+                                     text_atts=text_atts, memory_index=memory_index,
+                                     output_positions=_cls_positions(text))[:, 0]
 
     def get_text_embeds_together(self, texts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Text-mode states of several (ids, mask) batches in one encoder pass (padded to a common length)."""

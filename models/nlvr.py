@@ -174,6 +174,9 @@ class CCLMNLVRDomain(CCLMTwoImage):
         self.vision_proj.requires_grad_(False)
         self.ta_head = nn.Linear(self.text_width, NUM_DOMAIN_LABELS)
         self.init_params = ["ta_head.weight", "ta_head.bias"]
+        self.negative_temp = float(self.config.get("negative_temp", DOMAIN_NEGATIVE_TEMP))
+        if not self.negative_temp > 0:
+            raise ValueError(f"model config: negative_temp must be positive, got {self.config['negative_temp']!r}")
 
     @torch.no_grad()
     def negative_ranking_feat(self, image_embeds: torch.Tensor) -> torch.Tensor:
@@ -189,8 +192,7 @@ class CCLMNLVRDomain(CCLMTwoImage):
                              "caption with its own image")
         image_embeds, image_atts = self.get_vision_embeds(image)
         if arrangement is None:
-            temp = float(self.config.get("negative_temp", DOMAIN_NEGATIVE_TEMP))
-            arrangement = draw_domain_arrangement(self.negative_ranking_feat(image_embeds), temp=temp)
+            arrangement = draw_domain_arrangement(self.negative_ranking_feat(image_embeds), temp=self.negative_temp)
         else:
             arrangement = check_domain_arrangement(arrangement, image.shape[0], image_embeds.device)
         # index_select, not advanced indexing: rows repeat, and the backward of advanced indexing adds repeated

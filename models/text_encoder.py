@@ -242,7 +242,7 @@ class TextBackbone(nn.Module):
         if packing is not None:
             hidden = packing.unpack(hidden)
         if output_positions is not None:  # no layer ran
-            return torch.gather(hidden, 1, output_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            return _states_at(hidden, output_positions)
         if length < full_length:
             hidden = F.pad(hidden, (0, 0, 0, full_length - length))
         return hidden
@@ -314,6 +314,11 @@ def _attention_of(module, q, k, v, mask, **kwargs) -> torch.Tensor:
     return out
 
 
+def _states_at(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``hidden`` (B x L x D) at ``positions`` (B x P): B x P x D."""
+    return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
 def _check_positions(positions: torch.Tensor, rows: int, length: int, full_length: int) -> torch.Tensor:
     if positions.dim() != 2 or positions.shape[0] != rows:
         raise ValueError(f"output_positions must be {rows} x P, got {tuple(positions.shape)}")
@@ -325,8 +330,8 @@ def _check_positions(positions: torch.Tensor, rows: int, length: int, full_lengt
 
 def _layer_at_positions(layer: XLMRobertaLayer, hidden, positions, self_mask, memory, memory_mask, **kwargs):
     """``layer(hidden)`` at ``positions`` only (B x P): queries there, keys/values of every position; B x P x D."""
-    rows, width = hidden.shape[0], hidden.shape[-1]
-    queries = torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, width))
+    rows = hidden.shape[0]
+    queries = _states_at(hidden, positions)
     attn = layer.attention.self
     heads, head_dim = attn.num_attention_heads, attn.attention_head_size
     q = attn.query(queries).view(rows, -1, heads, head_dim).transpose(1, 2)
@@ -462,8 +467,7 @@ class TextEncoder(nn.Module):
 
     def mlm_logits(self, hidden_states: torch.Tensor, masked_pos: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits (B x n_mask x V) at ``masked_pos`` only: hidden states are gathered before the head."""
-        index = masked_pos.unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
-        return self.token_logits(torch.gather(hidden_states, 1, index))
+        return self.token_logits(_states_at(hidden_states, masked_pos))
 
     def token_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of already selected states (... x hidden -> ... x V)."""

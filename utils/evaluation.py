@@ -163,12 +163,6 @@ def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, reran
     return out
 
 
-def topk_rerank(model, img: EncodedImages, txt: EncodedTexts, k_test: int, rerank_batch: int = 128,
-                direction: str = "i2t") -> tuple[torch.Tensor, torch.Tensor]:
-    """One direction of :func:`rerank_topk`: (indices, scores) of each query (images for 'i2t', texts for 't2i')."""
-    return rerank_topk(model, img, txt, k_test, rerank_batch, (direction,))[direction]
-
-
 def _gather_rows(local: torch.Tensor, n: int, k: int) -> torch.Tensor:
     # Every rank owns at most ceil(n/world) rows (shard_rows): pad to that, gather, trim.
     per = -(-n // get_world_size())

@@ -29,7 +29,7 @@ from dataset.tokenizer import load_tokenizer
 from dataset.transforms import build_transform
 from models.factory import create_model
 from utils.checkpoint import BEST, load_file, model_state_from_file
-from utils.cli import TaskSpec, setup_run, key_of_test_files
+from utils.cli import TaskSpec, key_of_test_files, setup_run
 from utils.config import ConfigError
 from utils.data import build_loader, set_loader_epoch
 from utils.dist import barrier, cleanup_distributed, get_world_size

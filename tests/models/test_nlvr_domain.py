@@ -157,10 +157,12 @@ def test_drawn_arrangement_uses_the_global_rng_and_the_projected_features(root, 
         expected_feat = F.normalize(model.vision_proj(model.vision_encoder(image)[:, 0]), dim=-1)
     assert first.item() == second.item()
     assert torch.allclose(seen[0], expected_feat, atol=1e-6) and not seen[0].requires_grad
-    model.config["negative_temp"] = 0.5  # the config key reaches the draw
+    warmer = CCLMNLVRDomain(tiny_config(negative_temp=0.5), root=root).eval()  # the config key reaches the draw
     with torch.no_grad():
-        model(image, ids, atts)
+        warmer(image, ids, atts)
     assert temps == [0.07, 0.07, 0.5]
+    with pytest.raises(ValueError, match="negative_temp must be positive"):
+        CCLMNLVRDomain(tiny_config(negative_temp=0.0), root=root)
 
 
 def test_injected_arrangement_is_checked(root):

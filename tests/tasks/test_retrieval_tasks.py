@@ -15,7 +15,7 @@ from dataset.retrieval import RetrievalEvalData, wit_image_file_name
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
 from utils.config import ConfigError, load_config
-from utils.evaluation import CCLMView, encode_images, encode_texts, topk_rerank
+from utils.evaluation import CCLMView, encode_images, encode_texts, rerank_topk
 from utils.retrieval_task import (TrainCollate, choose_selection, eval_due, fewshot_selection,
                                   language_files, load_standard_data, per_process_batch, subset_eval_data)
 from utils.task import prepare_text_encoder, resolve_data_root
@@ -188,7 +188,7 @@ def test_batched_rerank_equals_one_query_loop_on_the_retrieval_model(world):
     for direction in ("i2t", "t2i"):
         expected = one_query_at_a_time(model.itm_score, img, txt, k, direction)
         for batch in (1, 7, 1000):
-            got, scores = topk_rerank(adapter, img, txt, k, batch, direction)
+            got, scores = rerank_topk(adapter, img, txt, k, batch, (direction,))[direction]
             assert torch.equal(got, expected), (direction, batch)
         assert (scores[:, :-1] - scores[:, 1:]).min() > 1e-9  # distinct scores: the order is well defined
 

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from utils.evaluation import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
-                              rerank_topk, retrieval_metrics, shard_rows, topk_rerank)
+                              rerank_topk, retrieval_metrics, shard_rows)
 from tests.processes import join_group, run_ranks
 from tests.retrieval_reference import one_query_at_a_time as reference_loop
 from utils.metrics import retrieval_recall
@@ -50,7 +50,7 @@ def test_batched_rerank_equals_one_query_loop():
     for direction in ("i2t", "t2i"):
         expected = one_query_at_a_time(model, img, txt, 5, direction)
         for batch in (1, 7, 64, 1000):
-            got, scores = topk_rerank(model, img, txt, 5, batch, direction)
+            got, scores = rerank_topk(model, img, txt, 5, batch, (direction,))[direction]
             assert torch.equal(got, expected), (direction, batch)
             assert (scores[:, :-1] >= scores[:, 1:]).all()
 
@@ -68,8 +68,8 @@ def test_topk_metrics_agree_with_dense_recall():
     img2txt = [[t for t in range(30) if t % 12 == i] for i in range(12)]
     txt2img = [t % 12 for t in range(30)]
     k = 10
-    i2t, i2t_s = topk_rerank(model, img, txt, k, 16, "i2t")
-    t2i, t2i_s = topk_rerank(model, img, txt, k, 16, "t2i")
+    i2t, i2t_s = rerank_topk(model, img, txt, k, 16, ("i2t",))["i2t"]
+    t2i, t2i_s = rerank_topk(model, img, txt, k, 16, ("t2i",))["t2i"]
     dense_i2t = torch.full((12, 30), -100.0).scatter_(1, i2t, i2t_s)
     dense_t2i = torch.full((30, 12), -100.0).scatter_(1, t2i, t2i_s)
     dense = retrieval_recall(dense_i2t, img2txt, txt2img, scores_t2i=dense_t2i)
@@ -195,4 +195,4 @@ def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path
 def test_unknown_direction_is_an_error():
     img, txt = random_encoded()
     with pytest.raises(ValueError, match="'i2t' and/or 't2i'"):
-        topk_rerank(FakeFusion().eval(), img, txt, 5, 7, "x2y")
+        rerank_topk(FakeFusion().eval(), img, txt, 5, 7, ("x2y",))["x2y"]
