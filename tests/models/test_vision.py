@@ -469,3 +469,56 @@ def test_forward_regions_gives_each_image_once(tiny_encoder, images):
     assert full.shape == (3, 50, 128) and region.shape == (3, 50, 128)
     torch.testing.assert_close(full, expected, rtol=0, atol=0)
     torch.testing.assert_close(region, expected[idx], rtol=1e-6, atol=1e-6)  # whole-image regions
+
+
+def _with_timm_blocks(encoder):
+    """Switch our gathered-window blocks back to timm's class (its rolls and permute copies); returns them."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    from models.vision import _GatheredWindowsBlock
+
+    blocks = [m for m in encoder.modules() if isinstance(m, _GatheredWindowsBlock)]
+    for block in blocks:
+        block.__class__ = SwinTransformerBlock
+    return blocks
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gathered_windows_give_timm_values_and_gradients_exactly(dtype):
+    encoder = _encoder_with_random_bias_tables().train()
+    assert any(any(block.shift_size) for stage in encoder.layers for block in stage.blocks)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    weights = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4))
+    results = []
+    for timm_path in (False, True):
+        if timm_path:
+            _with_timm_blocks(encoder)
+        encoder.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = encoder(images)
+        (out.float() * weights).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in encoder.named_parameters()}))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert torch.equal(ours, theirs)
+    assert all(torch.equal(our_grads[n], their_grads[n]) for n in our_grads)
+
+
+def test_gathered_windows_fall_back_to_timm_for_other_sizes():
+    from models.vision import _GatheredWindowsBlock
+
+    encoder = _encoder_with_random_bias_tables().eval()
+    block = encoder.layers[0].blocks[1]
+    assert isinstance(block, _GatheredWindowsBlock) and any(block.shift_size)
+    h, w = block.input_resolution
+    x = torch.randn(2, h, w, block.norm1.normalized_shape[0])
+    with torch.no_grad():
+        ours = block(x)
+        block.set_input_size((h + 3, w + 3), block.window_size)  # not a multiple of the window: timm pads
+        assert block.window_order.numel() == 0
+        padded = torch.randn(2, h + 3, w + 3, x.shape[-1])
+        ours_padded = block(padded)
+        _with_timm_blocks(encoder)
+        theirs_padded = block(padded)
+        block.set_input_size((h, w), block.window_size)
+        theirs = block(x)
+    assert torch.equal(ours_padded, theirs_padded) and torch.equal(ours, theirs)
