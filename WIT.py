@@ -105,7 +105,8 @@ def _join_missing(annotations: Path, out_dir: Path, train_pixels: Path, test_pix
         files = [p for p in pending if ("test" in p.name) == (group == "test")]
         if not files:
             continue
-        logger.info("wit_preproc: joining %s with the pixels in %s", ", ".join(p.name for p in files), pixels)
+        logger.info("wit_preproc: joining %s with the pixels in %s (once; other ranks wait up to "
+                    "run.dist_timeout_minutes)", ", ".join(p.name for p in files), pixels)
         summary = join_wit_images(files, _pixel_files(pixels), scratch / "joined")
         for name, (written, dropped) in summary.items():
             os.replace(scratch / "joined" / name, out_dir / name)

@@ -74,11 +74,6 @@ def iter_jsonl(path: PathLike, with_offsets: bool = False) -> Iterator[tuple]:
             yield (line_no, start, record) if with_offsets else (line_no, record)
 
 
-def read_jsonl(path: PathLike) -> list[tuple[int, dict]]:
-    """All ``(line_no, record)`` pairs of a jsonl file (see :func:`iter_jsonl`)."""
-    return list(iter_jsonl(path))
-
-
 def read_json(path: PathLike) -> Any:
     """A whole JSON file; malformed JSON raises AnnotationError naming the file, line and column."""
     with _open_text(path) as f:
@@ -93,6 +88,14 @@ def require(record: dict, keys: Iterable[str], at: str) -> None:
     missing = [k for k in keys if k not in record]
     if missing:
         raise AnnotationError(f"{at}: missing key(s) {missing}; the record has {sorted(record)}")
+
+
+def string_field(record: dict, key: str, at: str) -> str:
+    """``record[key]``, which must be a string (an AnnotationError naming ``at`` otherwise)."""
+    value = record[key]
+    if not isinstance(value, str):
+        raise AnnotationError(f"{at}: {key!r} must be a string, got {type(value).__name__} {value!r:.60}")
+    return value
 
 
 def record_key(value: Any, at: str) -> str | int:
@@ -202,30 +205,57 @@ def join_wit_images(annotation_files: list[PathLike], pixel_files: list[PathLike
     """Add ``image_content`` (base64) from the Kaggle pixel files to WIT annotation jsonl files, matched by ``image_url``.
 
     Writes ``out_dir/<annotation file name>`` for each input, keeping line order; records whose image is not in any
-    pixel file are left out. Returns ``{file name: (written, missing)}``.
+    pixel file are left out. Returns ``{file name: (written, missing)}``. Memory stays small whatever the data size:
+    the matched pixels are spooled to a scratch file in ``out_dir`` (removed at the end) and only their offsets are
+    kept.
     """
-    pending: dict[str, str | None] = {}
-    annotations = []
-    for path in map(Path, annotation_files):
-        records = read_jsonl(path)
-        for line_no, record in records:
-            require(record, ("image_url", "caption_reference_description"), where(path, line_no))
-            pending[record["image_url"]] = None
-        annotations.append((path, records))
-    remaining = len(pending)
-    for url, pixels in _iter_pixel_lines([Path(p) for p in pixel_files]):
-        if remaining == 0:
-            break
-        if url in pending and pending[url] is None:
-            pending[url] = pixels
-            remaining -= 1
-    summary = {}
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for path, records in annotations:
-        kept = [dict(r, image_content=pending[r["image_url"]]) for _, r in records if pending[r["image_url"]]]
-        _write_text(Path(out_dir) / path.name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        summary[path.name] = (len(kept), len(records) - len(kept))
-    return summary
+    annotation_files = [Path(p) for p in annotation_files]
+    wanted = set()
+    for path in annotation_files:
+        for line_no, record in iter_jsonl(path):
+            at = where(path, line_no)
+            require(record, ("image_url", "caption_reference_description"), at)
+            wanted.add(string_field(record, "image_url", at))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spool_path = out_dir / f".wit-pixels-{os.getpid()}.tmp"
+    try:
+        with open(spool_path, "w+b") as spool:
+            found = _spool_pixels(wanted, [Path(p) for p in pixel_files], spool)
+            return {path.name: _write_joined(path, out_dir / path.name, found, spool) for path in annotation_files}
+    finally:
+        spool_path.unlink(missing_ok=True)
+
+
+def _spool_pixels(wanted: set, pixel_files: list[Path], spool) -> dict[str, tuple[int, int]]:
+    """Append the first pixels of each wanted URL to ``spool``; ``{url: (offset, length)}``."""
+    found: dict[str, tuple[int, int]] = {}
+    for url, pixels in _iter_pixel_lines(pixel_files):
+        if url in wanted and url not in found:
+            data = pixels.encode("utf-8")
+            found[url] = (spool.tell(), len(data))
+            spool.write(data)
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+def _write_joined(path: Path, out: Path, found: dict[str, tuple[int, int]], spool) -> tuple[int, int]:
+    """Write ``path``'s records that have pixels, with ``image_content``, to ``out`` (atomically); (written, missing)."""
+    written = missing = 0
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for _, record in iter_jsonl(path):
+            location = found.get(record["image_url"])
+            if location is None:
+                missing += 1
+                continue
+            spool.seek(location[0])
+            record = dict(record, image_content=spool.read(location[1]).decode("utf-8"))
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+    os.replace(tmp, out)
+    return written, missing
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlparse
 import torch
 from torch.utils.data import Dataset
 
-from dataset.convert import AnnotationError, iter_jsonl, read_json, record_key, require, where
+from dataset.convert import AnnotationError, iter_jsonl, read_json, record_key, require, string_field, where
 from dataset.images import load_image
 from dataset.text import pre_caption
 
@@ -148,7 +148,7 @@ def read_caption_json_train(path: PathLike, image_root: PathLike, max_words: int
     for i, entry in enumerate(_json_entries(path)):
         at = where(path, f"item {i}")
         require(entry, ("caption", "image", "image_id"), at)
-        image = ImageRef(str(Path(image_root) / entry["image"]), at)
+        image = ImageRef(str(Path(image_root) / string_field(entry, "image", at)), at)
         for caption in _caption_list(entry["caption"], at):
             pairs.append(CaptionPair(image, clean_caption(caption, max_words, at), record_key(entry["image_id"], at)))
     return pairs
@@ -161,7 +161,7 @@ def read_caption_json_eval(path: PathLike, image_root: PathLike, max_words: int 
         at = where(path, f"item {i}")
         require(entry, ("caption", "image"), at)
         captions = [clean_caption(c, max_words, at) for c in _caption_list(entry["caption"], at)]
-        data.add_image(ImageRef(str(Path(image_root) / entry["image"]), at), captions)
+        data.add_image(ImageRef(str(Path(image_root) / string_field(entry, "image", at)), at), captions)
     return data
 
 
@@ -183,7 +183,7 @@ def read_flickrco_train(path: PathLike, flickr_root: PathLike, coco_root: PathLi
     for line_no, record in iter_jsonl(path):
         at = where(path, line_no)
         require(record, ("sentences", "id", "img_path"), at)
-        image = ImageRef(flickrco_image_path(record["img_path"], flickr_root, coco_root), at)
+        image = ImageRef(flickrco_image_path(string_field(record, "img_path", at), flickr_root, coco_root), at)
         key = record_key(record["id"], at)
         pairs.extend(CaptionPair(image, clean_caption(s, max_words, at), key)
                      for s in _caption_list(record["sentences"], at))
@@ -197,12 +197,14 @@ def read_flickrco_eval(path: PathLike, flickr_root: PathLike, coco_root: PathLik
     for line_no, record in iter_jsonl(path):
         at = where(path, line_no)
         require(record, ("sentences", "img_path"), at)
-        sentences = _caption_list(record["sentences"], at)
-        if all(isinstance(s, str) and not s.strip() for s in sentences):
+        sentences = record["sentences"]
+        if sentences == [] or isinstance(sentences, list) and all(s is None or isinstance(s, str) and not s.strip()
+                                                                    for s in sentences):
             data.skipped += 1
             continue
-        captions = [clean_caption(s, max_words, at) for s in sentences]
-        data.add_image(ImageRef(flickrco_image_path(record["img_path"], flickr_root, coco_root), at), captions)
+        captions = [clean_caption(s, max_words, at) for s in _caption_list(sentences, at)]
+        data.add_image(ImageRef(flickrco_image_path(string_field(record, "img_path", at), flickr_root, coco_root), at),
+                       captions)
     return data
 
 
@@ -221,8 +223,13 @@ def _wit_records(path: PathLike, image_root: PathLike | None):
     for line_no, offset, record in iter_jsonl(path, with_offsets=True):
         at = where(path, line_no)
         require(record, ("image_url", "caption_reference_description"), at)
-        if not isinstance(record["caption_reference_description"], str):
-            raise AnnotationError(f"{at}: caption_reference_description must be a string")
+        caption = record["caption_reference_description"]
+        if caption is None:  # pandas exports write a missing caption as null: an empty caption, dropped
+            caption = ""
+        if not isinstance(caption, str):
+            raise AnnotationError(f"{at}: caption_reference_description must be a string or null, "
+                                  f"got {type(caption).__name__}")
+        string_field(record, "image_url", at)
         if "image_content" in record:
             image = ImageRef(str(path), at, offset)
         elif image_root is not None:
@@ -230,7 +237,7 @@ def _wit_records(path: PathLike, image_root: PathLike | None):
         else:
             raise AnnotationError(f"{at}: no 'image_content' and no image root given; join the Kaggle pixels first "
                                   "(python3 -m dataset.convert wit) or pass image_root")
-        yield at, image, record["image_url"], record["caption_reference_description"]
+        yield at, image, record["image_url"], caption
 
 
 def clean_wit_caption(caption: str, max_words: int) -> str:

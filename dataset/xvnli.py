@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from dataset.convert import AnnotationError, iter_jsonl, require, where
+from dataset.convert import AnnotationError, iter_jsonl, record_key, require, string_field, where
 from dataset.images import load_image
 from dataset.text import pre_caption
 
@@ -49,17 +49,17 @@ def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tup
     for line_no, record in iter_jsonl(path):
         at = where(path, line_no)
         require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
+        if not isinstance(record["gold_label"], str):
+            raise AnnotationError(f"{at}: gold_label must be a string, got {type(record['gold_label']).__name__}")
         if record["gold_label"] not in LABELS:
             dropped += 1
             continue
-        hypothesis = record["sentence2"]
-        if not isinstance(hypothesis, str):
-            raise AnnotationError(f"{at}: sentence2 must be a string")
+        hypothesis = string_field(record, "sentence2", at)
         try:
             hypothesis = pre_caption(hypothesis, max_words)
         except ValueError as e:
             raise AnnotationError(f"{at}: hypothesis {record['sentence2']!r} is empty after cleaning ({e})") from e
-        image = str(Path(image_root) / f"{record[IMAGE_KEY]}.jpg")
+        image = str(Path(image_root) / f"{record_key(record[IMAGE_KEY], at)}.jpg")
         examples.append(XVNLIExample(image, hypothesis, LABELS[record["gold_label"]], at))
     return examples, dropped
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from dataset.convert import (AnnotationError, iter_jsonl, karpathy_to_retrieval, main, multi30k_to_retrieval,
-                             read_json, read_jsonl)
+                             read_json)
 from dataset.retrieval import ImageRoots, read_eval_data, read_train_pairs
 
 KARPATHY_COCO = {"dataset": "coco", "images": [
@@ -26,13 +26,13 @@ KARPATHY_COCO = {"dataset": "coco", "images": [
 def test_jsonl_reader_lines_offsets_bom_and_no_final_newline(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{"a": "\xc3\xa9"}')
-    assert read_jsonl(path) == [(1, {"a": 1}), (3, {"a": "é"})]
+    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (3, {"a": "é"})]
     assert [offset for _, offset, _ in iter_jsonl(path, with_offsets=True)] == [0, 13]
     path.write_text('{"a": 1}\n[1, 2]\n')
     with pytest.raises(AnnotationError, match="a.jsonl:2: expected a JSON object, got list"):
-        read_jsonl(path)
+        list(iter_jsonl(path))
     with pytest.raises(AnnotationError, match="annotation file not found"):
-        read_jsonl(tmp_path / "none.jsonl")
+        list(iter_jsonl(tmp_path / "none.jsonl"))
     (tmp_path / "b.json").write_text('[\n{"a": 1},\n{"a" 2}\n]')
     with pytest.raises(AnnotationError, match="b.json:3: malformed JSON"):
         read_json(tmp_path / "b.json")
@@ -121,7 +121,7 @@ def test_wit_join_adds_image_content_and_drops_records_without_pixels(tmp_path):
         f.write(f"https://x/a.jpg\t{png_base64((250, 0, 0))}\n")
     out = tmp_path / "bs64"
     assert main(["wit", "--annotations", str(annotations), "--pixels", str(pixels), "--out-dir", str(out)]) == 0
-    joined = read_jsonl(out / "test_en.jsonl")
+    joined = list(iter_jsonl(out / "test_en.jsonl"))
     assert [r["caption_reference_description"] for _, r in joined] == ["A", "A again"]  # b.jpg has no pixels
     data = read_eval_data("wit", out / "test_en.jsonl", ImageRoots())
     assert data.texts == ["a", "a again"] and data.img2txt == [[0, 1]]
@@ -166,3 +166,25 @@ def test_every_sample_file_has_a_reader(iglue_sample, tmp_path):
     for path in files:
         rel = path.relative_to(iglue_sample / "datasets").as_posix()
         assert read_any_sample_file(path, rel, tmp_path) >= 3, rel
+
+
+def test_join_wit_images_keeps_line_order_first_pixels_and_no_scratch(tmp_path):
+    from dataset.convert import join_wit_images
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    rows = {"train_en.jsonl": ["u/b", "u/a", "u/missing", "u/b"], "test_en.jsonl": ["u/c"]}
+    for name, urls in rows.items():
+        (ann / name).write_text("".join(json.dumps({"image_url": f"https://x/{u}", "caption_reference_description":
+                                                    f"caption {i}"}) + "\n" for i, u in enumerate(urls)))
+    pixels = [tmp_path / "p0.tsv", tmp_path / "p1.tsv"]
+    pixels[0].write_text("https://x/u/a\tAAAA\textra\nno tab line\nhttps://x/u/b\tBBBB\n")
+    pixels[1].write_text("https://x/u/a\tLATER\nhttps://x/u/c\tCCCC\n")
+    out = tmp_path / "out"
+    summary = join_wit_images([ann / "train_en.jsonl", ann / "test_en.jsonl"], pixels, out)
+    assert summary == {"train_en.jsonl": (3, 1), "test_en.jsonl": (1, 0)}
+    assert sorted(p.name for p in out.iterdir()) == ["test_en.jsonl", "train_en.jsonl"]  # no scratch file left
+    joined = [json.loads(line) for line in (out / "train_en.jsonl").read_text().splitlines()]
+    assert [(r["image_url"][-3:], r["caption_reference_description"], r["image_content"]) for r in joined] == [
+        ("u/b", "caption 0", "BBBB"), ("u/a", "caption 1", "AAAA"), ("u/b", "caption 3", "BBBB")]
+    assert json.loads((out / "test_en.jsonl").read_text())["image_content"] == "CCCC"

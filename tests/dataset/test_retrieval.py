@@ -6,6 +6,7 @@ files by hand (see the IGLUE sample README) and are written out as literals.
 import base64
 import io
 import json
+import re
 from urllib.parse import unquote
 
 import pytest
@@ -14,7 +15,8 @@ from PIL import Image
 
 from dataset.convert import AnnotationError
 from dataset.retrieval import (ImageRoots, RetrievalEvalDataset, collate_retrieval_eval, collate_retrieval_train,
-                               limit_images, load_retrieval_eval, load_retrieval_train, read_eval_data)
+                               limit_images, load_retrieval_eval, load_retrieval_train, read_eval_data,
+                               read_wit_train)
 from dataset.transforms import build_transform
 
 RES = 16
@@ -144,11 +146,13 @@ def test_wit_base64_image_content_is_read_from_its_own_line(iglue_sample, tmp_pa
 
 def test_wit_empty_captions_dropped_and_dot_kept(tmp_path):
     path = tmp_path / "wit.jsonl"
-    rows = [("u/a.jpg", "A Caption."), ("u/a.jpg", ""), ("u/b.jpg", "."), ("u/c.jpg", "   ")]
+    rows = [("u/a.jpg", "A Caption."), ("u/a.jpg", ""), ("u/b.jpg", "."), ("u/c.jpg", "   "), ("u/d.jpg", None)]
     path.write_text("\n".join(json.dumps({"image_url": f"https://x/{u}", "caption_reference_description": c})
                               for u, c in rows), encoding="utf-8")
     data = read_eval_data("wit", path, ImageRoots(wit=tmp_path))
-    assert data.texts == ["a caption", "."] and data.img2txt == [[0], [1]] and data.skipped == 2
+    assert data.texts == ["a caption", "."] and data.img2txt == [[0], [1]] and data.skipped == 3
+    train = read_wit_train(path, tmp_path)  # a null caption (pandas' export of a missing one) is empty too
+    assert [pair.caption for pair in train] == ["a caption", "."]
 
 
 def test_multi30k_style_json_train_and_eval(tmp_path, transform):
@@ -201,9 +205,32 @@ def test_malformed_and_incomplete_lines_name_file_and_line(tmp_path, flickrco_ro
 def test_xflickrco_eval_skips_lines_whose_sentences_are_all_empty(tmp_path, flickrco_roots):
     path = tmp_path / "t.jsonl"
     path.write_text('{"sentences": ["", " "], "id": 1, "img_path": "1.jpg"}\n'
+                    '{"sentences": [], "id": 3, "img_path": "3.jpg"}\n'
+                    '{"sentences": [null], "id": 4, "img_path": "4.jpg"}\n'
                     '{"sentences": ["A man"], "id": 2, "img_path": "COCO_val2014_2.jpg"}\n')
     data = read_eval_data("xflickrco", path, flickrco_roots)
-    assert data.skipped == 1 and data.texts == ["a man"] and str(data.images[0].path).endswith("val2014/COCO_val2014_2.jpg")
+    assert data.skipped == 3 and data.texts == ["a man"] and str(data.images[0].path).endswith("val2014/COCO_val2014_2.jpg")
+
+
+@pytest.mark.parametrize("fmt,record,message", [
+    ("xflickrco", {"sentences": ["a"], "id": 1, "img_path": 7}, "'img_path' must be a string, got int"),
+    ("wit", {"image_url": 7, "caption_reference_description": "a"}, "'image_url' must be a string, got int"),
+    ("wit", {"image_url": "https://x/a.jpg", "caption_reference_description": ["a"]},
+     "caption_reference_description must be a string or null, got list"),
+])
+def test_wrong_field_types_name_file_and_line(tmp_path, flickrco_roots, fmt, record, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"sentences": ["ok"], "id": 0, "img_path": "0.jpg", "image_url": "https://x/0.jpg",
+                                "caption_reference_description": "ok"}) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(AnnotationError, match=re.escape(f"t.jsonl:2: {message}")):
+        read_eval_data(fmt, path, ImageRoots(flickr30k=flickrco_roots.flickr30k, coco=flickrco_roots.coco, wit=tmp_path))
+
+
+def test_caption_json_image_must_be_a_string(tmp_path):
+    path = tmp_path / "test.de.json"
+    path.write_text(json.dumps([{"image": 3, "caption": ["ein hund"], "image_id": "3"}]))
+    with pytest.raises(AnnotationError, match=re.escape("test.de.json [item 0]: 'image' must be a string, got int")):
+        read_eval_data("caption_json", path, ImageRoots(images=tmp_path))
 
 
 def test_bad_format_and_missing_root_are_reported(tmp_path):

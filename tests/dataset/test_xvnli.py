@@ -1,5 +1,6 @@
 """XVNLI loader on every real IGLUE sample file (``Flikr30kID`` key, ``-`` labels dropped and counted)."""
 import json
+import re
 
 import pytest
 from PIL import Image
@@ -75,4 +76,17 @@ def test_malformed_line_and_missing_key(tmp_path):
         XVNLIDataset(path, tmp_path, lambda im: im)
     path.write_text('{"gold_label": "-", "sentence2": "A b", "Flikr30kID": "1"}\n')
     with pytest.raises(AnnotationError, match="no line has a usable gold_label"):
+        XVNLIDataset(path, tmp_path, lambda im: im)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("gold_label", ["neutral"], "gold_label must be a string, got list"),
+    ("sentence2", 3, "'sentence2' must be a string, got int"),
+    ("Flikr30kID", None, "id None must be a string or an integer"),
+])
+def test_wrong_field_types_name_file_and_line(tmp_path, field, value, message):
+    path = tmp_path / "x.jsonl"
+    good = {"gold_label": "neutral", "sentence2": "A b", "Flikr30kID": "1"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, **{field: value})) + "\n")
+    with pytest.raises(AnnotationError, match=re.escape(f"x.jsonl:2: {message}")):
         XVNLIDataset(path, tmp_path, lambda im: im)
