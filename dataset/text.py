@@ -10,16 +10,15 @@ _MULTI_SPACE = re.compile(r"\s{2,}")
 
 
 def _clean(text: str) -> str:
-    """Lowercase, punctuation, '-' and '/' to spaces, '<person>' to 'person' (common to captions and questions)."""
-    text = _PUNCTUATION.sub(" ", text.lower())
-    return text.replace("-", " ").replace("/", " ").replace("<person>", "person")
+    """Lowercase; punctuation, '-' and '/' to spaces (common to captions and questions)."""
+    return _PUNCTUATION.sub(" ", text.lower()).replace("-", " ").replace("/", " ")
 
 
 def pre_caption(text: str, max_words: int) -> str:
     """Clean a caption as the reference does and keep at most ``max_words`` words; ValueError if nothing is left."""
     if not isinstance(text, str):
         raise ValueError(f"pre_caption: expected a string, got {type(text).__name__}")
-    caption = _MULTI_SPACE.sub(" ", _clean(text)).rstrip("\n").strip(" ")
+    caption = _MULTI_SPACE.sub(" ", _clean(text).replace("<person>", "person")).rstrip("\n").strip(" ")
     words = caption.split(" ")
     if len(words) > max_words:
         caption = " ".join(words[:max_words])

@@ -21,6 +21,7 @@ def test_pre_caption_refuses_empty_results(text):
 def test_pre_question_keeps_inner_whitespace_and_left_spaces():
     assert pre_question(" What is  on the LEFT?  ", 30) == " what is  on the left"
     assert pre_question("is the cat black or white", 3) == "is the cat"
+    assert pre_question("Is the <person> left-handed?", 30) == "is the <person> left handed"  # no <person> rule
 
 
 def test_tokenize_to_ids_frames_and_truncates(tiny_tokenizer):
