@@ -84,11 +84,16 @@ def _rng_from_saved(state: Mapping) -> dict:
 
 def training_state(model, optimizer=None, scheduler=None, scaler=None, *, epoch: int, step: int,
                    batches_in_epoch: int, config: Mapping | None = None, best: Mapping | None = None,
-                   extra: Mapping | None = None) -> dict:
-    """The resume payload: model, optimiser, scheduler, scaler, position in the data, RNG states, config."""
+                   extra: Mapping | None = None, rng_per_rank: list | None = None) -> dict:
+    """The resume payload: model, optimiser, scheduler, scaler, position in the data, RNG states, config.
+
+    ``rng`` is this process's RNG state; ``rng_per_rank`` (every rank's :func:`rng_state`, in rank order) lets each
+    process of a multi-process run resume its own streams (dropout masks, hard-negative draws differ per rank).
+    """
     from utils.optim import unwrap_model
 
     return {
+        "rng_per_rank": [_rng_for_saving(s) for s in rng_per_rank] if rng_per_rank else None,
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -134,7 +139,21 @@ def load_training_state(path: str | os.PathLike) -> dict:
         raise KeyError(f"{path}: not a training checkpoint (missing {', '.join(missing)}); "
                        "to start from model weights use --checkpoint instead of --resume")
     state["rng"] = _rng_from_saved(state["rng"])
+    if state.get("rng_per_rank"):
+        state["rng_per_rank"] = [_rng_from_saved(s) for s in state["rng_per_rank"]]
     return state
+
+
+def rng_state_for_rank(state: Mapping, rank: int, world_size: int) -> Mapping | None:
+    """The RNG state rank ``rank`` of ``world_size`` should resume with: its own when the checkpoint holds one per
+    rank of the same world size; the single saved state for a one-process run; None when the run's size changed
+    (or an older checkpoint kept only rank 0's), where no saved state is right for every rank."""
+    per_rank = state.get("rng_per_rank")
+    if per_rank and len(per_rank) == world_size:
+        return per_rank[rank]
+    if world_size == 1 and not per_rank:
+        return state["rng"]
+    return None
 
 
 _PREFIX = re.compile(r"^(module\.|_orig_mod\.)+")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from utils import checkpoint as ckpt
-from utils.dist import DistEnv, barrier
+from utils.dist import DistEnv, all_gather_object, barrier
 from utils.logging import RunningMeans, append_jsonl
 from utils.optim import build_optimizer, build_scheduler, unwrap_model
 from utils.precision import autocast_context, build_grad_scaler, resolve_precision
@@ -202,19 +202,20 @@ class Trainer:
         return True
 
     # ---------------------------------------------------------------- checkpoints
-    def checkpoint_state(self, extra: Mapping | None = None) -> dict:
+    def checkpoint_state(self, extra: Mapping | None = None, rng_per_rank: list | None = None) -> dict:
         return ckpt.training_state(self.raw_model, self.optimizer, self.scheduler, self.scaler,
                                    epoch=self.state.epoch, step=self.state.step,
                                    batches_in_epoch=self.state.batches_in_epoch, config=self.config,
                                    best=self.state.best,
-                                   extra=extra)
+                                   extra=extra, rng_per_rank=rng_per_rank)
 
     def save(self, is_best: bool = False, step_file: bool = False) -> None:
-        # extra_state may gather from every rank, so every rank calls it; rank 0 writes.
+        # extra_state and the RNG states gather from every rank, so every rank calls save; rank 0 writes.
         extra = self.extra_state() if self.extra_state is not None else None
+        rng_per_rank = all_gather_object(ckpt.rng_state())
         if self.env.is_main:
-            path = ckpt.save_training_state(self.output_dir, self.checkpoint_state(extra), is_best=is_best,
-                                            step_file=step_file)
+            path = ckpt.save_training_state(self.output_dir, self.checkpoint_state(extra, rng_per_rank),
+                                            is_best=is_best, step_file=step_file)
             logger.info("saved %s%s (epoch %d, step %d)", path, " + best" if is_best else "", self.state.epoch,
                         self.state.step)
         barrier()
@@ -232,7 +233,13 @@ class Trainer:
         self.state = TrainState(epoch=state["epoch"], step=state["step"],
                                 batches_in_epoch=state.get("batches_in_epoch", 0), best=state.get("best") or {})
         self.resumed_extra = dict(state.get("extra") or {})
-        ckpt.set_rng_state(state["rng"])
+        rng = ckpt.rng_state_for_rank(state, self.env.rank, self.env.world_size)
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        else:  # each rank keeps its own seed (seed + rank): a valid run, not the uninterrupted one's draws
+            logger.warning("%s holds no RNG state for rank %d of %d processes (saved by a run of another size): "
+                           "random draws after the resume will differ from an uninterrupted run", path,
+                           self.env.rank, self.env.world_size)
         logger.info("resumed from %s: epoch %d, step %d, %d batches into the epoch", path, self.state.epoch,
                     self.state.step, self.state.batches_in_epoch)
 

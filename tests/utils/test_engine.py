@@ -105,6 +105,48 @@ def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def _ddp_resume_worker(rank, world, port, out_dir):
+    from utils.dist import cleanup_distributed
+
+    env = join_group(rank, world, port)
+    finals = {}
+    for name, run in (("full", {}), ("part", {"max_steps": 8, "ckpt_every_steps": 4})):
+        t = make_trainer(config(epochs=2, **run), os.path.join(out_dir, name), env=env, batch_size=4)
+        torch.manual_seed(100 + rank)  # each rank its own dropout stream, as seed + rank gives in a real run
+        t.fit()
+        finals[name] = t
+    assert finals["part"].state.step == 8
+    resumed = make_trainer(config(epochs=2), os.path.join(out_dir, "part"), env=env, batch_size=4)
+    torch.manual_seed(1234)  # a new process's RNG, the same on every rank: the resume must restore each rank's own
+    resumed.resume("latest")
+    resumed.fit()
+    if rank == 0:
+        torch.save({"full": finals["full"].raw_model.state_dict(), "resumed": resumed.raw_model.state_dict()},
+                   os.path.join(out_dir, "final.pt"))
+    cleanup_distributed()
+
+
+def test_two_process_resume_restores_each_ranks_rng(tmp_path):
+    """With dropout on, the ranks draw different masks; a resume that gave every rank rank 0's RNG state (or left
+    it where it is) would not end where the uninterrupted two-process run does."""
+    run_ranks(_ddp_resume_worker, 2, str(tmp_path))
+    got = torch.load(tmp_path / "final.pt", weights_only=True)
+    for k, v in got["full"].items():
+        torch.testing.assert_close(got["resumed"][k], v, rtol=0, atol=0, msg=k)
+    state = ckpt.load_training_state(tmp_path / "part" / ckpt.LATEST)
+    assert len(state["rng_per_rank"]) == 2
+    assert not torch.equal(state["rng_per_rank"][0]["torch"], state["rng_per_rank"][1]["torch"])
+
+
+def test_rng_state_for_rank_when_the_world_size_changes():
+    one, two = {"torch": torch.tensor([1])}, {"torch": torch.tensor([2])}
+    assert ckpt.rng_state_for_rank({"rng": one, "rng_per_rank": [one, two]}, 1, 2) is two
+    assert ckpt.rng_state_for_rank({"rng": one, "rng_per_rank": [one]}, 0, 1) is one
+    assert ckpt.rng_state_for_rank({"rng": one, "rng_per_rank": None}, 0, 1) is one  # older one-process checkpoint
+    assert ckpt.rng_state_for_rank({"rng": one, "rng_per_rank": [one, two]}, 0, 4) is None
+    assert ckpt.rng_state_for_rank({"rng": one, "rng_per_rank": None}, 1, 2) is None  # older: rank 0's state only
+
+
 def test_run_grad_checkpointing_reaches_the_model(tmp_path):
     from tests.utils.toy_task import ToyModel
     from utils.engine import enable_grad_checkpointing
