@@ -84,16 +84,19 @@ def _rng_from_saved(state: Mapping) -> dict:
 
 def training_state(model, optimizer=None, scheduler=None, scaler=None, *, epoch: int, step: int,
                    batches_in_epoch: int, config: Mapping | None = None, best: Mapping | None = None,
-                   extra: Mapping | None = None, rng_per_rank: list | None = None) -> dict:
+                   extra: Mapping | None = None, rng_per_rank: list | None = None,
+                   run_shape: Mapping | None = None) -> dict:
     """The resume payload: model, optimiser, scheduler, scaler, position in the data, RNG states, config.
 
     ``rng`` is this process's RNG state; ``rng_per_rank`` (every rank's :func:`rng_state`, in rank order) lets each
     process of a multi-process run resume its own streams (dropout masks, hard-negative draws differ per rank).
+    ``run_shape`` (world size, steps per epoch, total steps) lets a resume notice that the run's shape changed.
     """
     from utils.optim import unwrap_model
 
     return {
         "rng_per_rank": [_rng_for_saving(s) for s in rng_per_rank] if rng_per_rank else None,
+        "run_shape": dict(run_shape) if run_shape is not None else None,
         "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

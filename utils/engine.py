@@ -145,6 +145,10 @@ class Trainer:
         self.total_steps = self.epochs * self.steps_per_epoch
         self.log_every = int(run.get("log_every", 50) or 50)
         self.ckpt_every = int(run.get("ckpt_every_steps", 0) or 0)
+        # The original's model snapshots (pre-training configs): model_state_epoch_E.th every ckpt_frequent epochs,
+        # model_state_step_S.th every ckpt_frequent_step steps, as {'model', 'config'}.
+        self.snapshot_epochs = int(config.get("ckpt_frequent", 0) or 0)
+        self.snapshot_steps = int(config.get("ckpt_frequent_step", 0) or 0)
         self.progress = bool(run.get("progress", True)) and env.is_main
 
         self.raw_model = model.to(env.device)
@@ -190,8 +194,15 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.clip)
-            self.meters.update({"grad_norm": norm.detach()})
+            norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.clip).detach()
+            if self.scaler is not None:
+                # fp16: the scaler skips the steps whose gradients overflowed; their inf norm would make the whole
+                # window's mean inf, so it is averaged over the applied steps and the skipped fraction logged.
+                finite = torch.isfinite(norm)
+                self.meters.update({"grad_norm": torch.where(finite, norm, 0.0)}, n=finite)
+                self.meters.update({"fp16_skipped": (~finite).double()})
+            else:
+                self.meters.update({"grad_norm": norm})
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -207,7 +218,12 @@ class Trainer:
                                    epoch=self.state.epoch, step=self.state.step,
                                    batches_in_epoch=self.state.batches_in_epoch, config=self.config,
                                    best=self.state.best,
-                                   extra=extra, rng_per_rank=rng_per_rank)
+                                   extra=extra, rng_per_rank=rng_per_rank, run_shape=self.run_shape())
+
+    def run_shape(self) -> dict:
+        """What a resume must match for the data position and the LR schedule to carry over."""
+        return {"world_size": self.env.world_size, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps}
 
     def save(self, is_best: bool = False, step_file: bool = False) -> None:
         # extra_state and the RNG states gather from every rank, so every rank calls save; rank 0 writes.
@@ -218,6 +234,15 @@ class Trainer:
                                             is_best=is_best, step_file=step_file)
             logger.info("saved %s%s (epoch %d, step %d)", path, " + best" if is_best else "", self.state.epoch,
                         self.state.step)
+        barrier()
+
+    def save_model_snapshot(self, name: str) -> None:
+        """Write ``{'model', 'config'}`` to ``output_dir/name`` (rank 0): the original's model-only snapshot files,
+        which ``--checkpoint`` loads like a released checkpoint."""
+        if self.env.is_main:
+            path = ckpt.atomic_torch_save({"model": self.raw_model.state_dict(), "config": dict(self.config)},
+                                          self.output_dir / name)
+            logger.info("saved %s", path)
         barrier()
 
     def resume(self, resume: str | os.PathLike) -> None:
@@ -233,6 +258,11 @@ class Trainer:
         self.state = TrainState(epoch=state["epoch"], step=state["step"],
                                 batches_in_epoch=state.get("batches_in_epoch", 0), best=state.get("best") or {})
         self.resumed_extra = dict(state.get("extra") or {})
+        saved_shape, shape = state.get("run_shape"), self.run_shape()
+        if saved_shape and saved_shape != shape:
+            logger.warning("%s was saved by a run of %s; this run is %s: the position in the data (batches into the "
+                           "epoch) and the learning-rate schedule do not carry over exactly (changed --bs, epochs, "
+                           "data size or number of processes?)", path, saved_shape, shape)
         rng = ckpt.rng_state_for_rank(state, self.env.rank, self.env.world_size)
         if rng is not None:
             ckpt.set_rng_state(rng)
@@ -306,6 +336,8 @@ class Trainer:
                 if self._done():
                     stopped = True
                     break
+                if self.snapshot_steps and self.state.step % self.snapshot_steps == 0:
+                    self.save_model_snapshot(f"model_state_step_{self.state.step - 1}.th")
                 if self.ckpt_every and self.state.step % self.ckpt_every == 0:
                     self.save(step_file=bool(self.config.get("run", {}).get("keep_step_checkpoints")))
             if hasattr(bar, "close"):
@@ -314,6 +346,8 @@ class Trainer:
                 self._log_step(epoch)
             if not stopped:
                 self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
+                if self.snapshot_epochs and (epoch + 1) % self.snapshot_epochs == 0:
+                    self.save_model_snapshot(f"model_state_epoch_{epoch}.th")
             eval_every = int(self.config.get("run", {}).get("eval_every", 1) or 1)
             is_best = False
             due = stopped or (epoch + 1) % eval_every == 0 or self.state.epoch >= self.epochs

@@ -58,17 +58,23 @@ class RunningMeans:
         self.counts: dict[str, int] = defaultdict(int)
         self.started = time.perf_counter()
 
-    def update(self, values: Mapping, n: int = 1) -> None:
+    def update(self, values: Mapping, n=1) -> None:
+        """Add each value with weight ``n`` (an int, or a 0-d tensor kept on the device, e.g. "was this step
+        applied")."""
+        if hasattr(n, "detach"):
+            n = n.detach().reshape(()).double()
         for key, value in values.items():
             if hasattr(value, "detach"):
                 value = value.detach().reshape(()).double()  # float64: thousands of float32 terms drift
             else:
                 value = float(value)
             self.sums[key] = self.sums[key] + value * n
-            self.counts[key] += n
+            self.counts[key] = self.counts[key] + n
 
     def means(self) -> dict[str, float]:
-        return {k: float(self.sums[k]) / max(1, self.counts[k]) for k in self.sums}
+        """Each key's weighted mean (0 where its weights sum to 0)."""
+        counts = {k: float(c) for k, c in self.counts.items()}
+        return {k: float(self.sums[k]) / counts[k] if counts[k] > 0 else 0.0 for k in self.sums}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -67,6 +67,36 @@ def test_nonfinite_loss_stops_the_run(tmp_path):
         t.backward({"loss_x": torch.tensor(float("nan"), requires_grad=True)})
 
 
+def test_model_snapshots_follow_ckpt_frequent_and_ckpt_frequent_step(tmp_path):
+    cfg = config(epochs=3)
+    cfg.update(ckpt_frequent=2, ckpt_frequent_step=4)
+    t = make_trainer(cfg, tmp_path)
+    t.fit()  # 6 steps per epoch, 18 in all
+    names = sorted(p.name for p in tmp_path.glob("model_state_*.th"))
+    # the original's names: epochs counted from 0, steps as its 0-based global_step
+    assert names == ["model_state_epoch_1.th", "model_state_step_11.th", "model_state_step_15.th",
+                     "model_state_step_3.th", "model_state_step_7.th"]
+    snapshot = torch.load(tmp_path / "model_state_step_15.th", weights_only=True)
+    assert set(snapshot) == {"model", "config"} and snapshot["config"]["ckpt_frequent"] == 2
+    assert set(snapshot["model"]) == set(t.raw_model.state_dict())
+
+
+def test_resume_warns_when_the_run_shape_changed(tmp_path, caplog):
+    part = make_trainer(config(epochs=2, max_steps=4), tmp_path)
+    part.fit()
+    assert ckpt.load_training_state(tmp_path / ckpt.LATEST)["run_shape"] == {
+        "world_size": 1, "steps_per_epoch": 6, "total_steps": 12}
+    same = make_trainer(config(epochs=2), tmp_path)
+    with caplog.at_level("WARNING"):
+        same.resume("latest")
+    assert "do not carry over" not in caplog.text
+    bigger_batches = make_trainer(config(epochs=2), tmp_path, batch_size=16)  # 3 steps per epoch
+    with caplog.at_level("WARNING"):
+        bigger_batches.resume("latest")
+    assert "'steps_per_epoch': 6" in caplog.text and "'steps_per_epoch': 3" in caplog.text
+    assert "do not carry over" in caplog.text
+
+
 def test_resume_rejects_plain_weights(tmp_path):
     t = make_trainer(config(epochs=1), tmp_path)
     ckpt.atomic_torch_save({"model": t.raw_model.state_dict()}, tmp_path / "weights.pth")

@@ -25,6 +25,18 @@ def test_running_means_keep_tensor_sums_on_their_device_until_read():
     assert meters.means()["loss"] == pytest.approx(0.2)
 
 
+def test_running_means_with_tensor_weights_skip_unapplied_steps():
+    meters = RunningMeans()
+    for norm in (2.0, float("inf"), 4.0):  # an fp16 step the scaler skipped has an inf gradient norm
+        norm = torch.tensor(norm)
+        finite = torch.isfinite(norm)
+        meters.update({"grad_norm": torch.where(finite, norm, 0.0)}, n=finite)
+    assert meters.means() == {"grad_norm": 3.0}
+    meters.reset()
+    meters.update({"grad_norm": torch.tensor(0.0)}, n=torch.tensor(False))
+    assert meters.means() == {"grad_norm": 0.0}  # every step skipped: no NaN
+
+
 def test_running_means_reject_a_tensor_that_is_not_a_scalar():
     with pytest.raises(RuntimeError):
         RunningMeans().update({"loss": torch.ones(2)})
