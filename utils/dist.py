@@ -104,6 +104,14 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``src``'s ``tensor`` on every rank (same shape and dtype everywhere); the tensor itself without a group."""
+    if is_dist():
+        tensor = tensor.contiguous()
+        dist.broadcast(tensor, src=src)
+    return tensor
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over all ranks (a copy; the input is untouched)."""
     if not is_dist():

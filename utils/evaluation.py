@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from utils.dist import all_gather_no_grad, get_rank, get_world_size, is_dist
+from utils.dist import all_gather_no_grad, broadcast_tensor, get_rank, get_world_size, is_dist
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,9 @@ def rerank_topk(model, img: EncodedImages, txt: EncodedTexts, k_test: int, reran
         raise ValueError(f"directions must be 'i2t' and/or 't2i', got {unknown}")
     n_txt = txt.feats.shape[0]
     sims = img.feats @ txt.feats.t()
-    cand = {d: candidates(sims, k_test, d) for d in directions}
+    # Rank 0's candidates on every rank: each rank looks its own pairs' scores up in the gathered result, so the
+    # lists must agree even if the ranks' similarity kernels round a top-k boundary differently.
+    cand = {d: broadcast_tensor(candidates(sims, k_test, d)) for d in directions}
     keys = []  # pair (image i, text t) -> i * n_txt + t
     for d, c in cand.items():
         query = torch.arange(c.shape[0], device=c.device).unsqueeze(1)

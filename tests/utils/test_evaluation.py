@@ -168,13 +168,15 @@ def test_equal_scores_keep_the_lower_candidate_index_first():
     assert sc.tolist() == [[3.0, 1.0, 1.0, 1.0]]
 
 
-def _rerank_worker(rank, world, port, out_dir):
+def _rerank_worker(rank, world, port, out_dir, disagree=False):
     import os
 
     from utils.dist import cleanup_distributed
 
     join_group(rank, world, port)
     img, txt = random_encoded()
+    if disagree and rank > 0:  # another rank's stage-1 similarities differ (e.g. other GPU kernels' rounding)
+        txt = EncodedTexts(txt.embeds, txt.atts, txt.feats.flip(0))
     ranked = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
     torch.save(ranked, os.path.join(out_dir, f"ranked{rank}.pt"))
     cleanup_distributed()
@@ -186,6 +188,18 @@ def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path
     img, txt = random_encoded()
     expected = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
     for rank in range(3):
+        got = torch.load(tmp_path / f"ranked{rank}.pt", weights_only=True)
+        for direction in ("i2t", "t2i"):
+            assert torch.equal(got[direction][0], expected[direction][0]), (rank, direction)
+            torch.testing.assert_close(got[direction][1], expected[direction][1])
+
+
+def test_ranks_use_rank_zeros_candidates(tmp_path):
+    """Candidate lists that differ between ranks would misalign the gathered scores: rank 0's are used everywhere."""
+    run_ranks(_rerank_worker, 2, str(tmp_path), True)
+    img, txt = random_encoded()
+    expected = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
+    for rank in range(2):
         got = torch.load(tmp_path / f"ranked{rank}.pt", weights_only=True)
         for direction in ("i2t", "t2i"):
             assert torch.equal(got[direction][0], expected[direction][0]), (rank, direction)
