@@ -81,11 +81,17 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def write_predictions(path: Path, predictions: Mapping) -> None:
-    """``[{"question_id": ..., "answer": ...}, ...]`` as JSON (one entry a line), in question-id order."""
+    """``[{"question_id": ..., "answer": ...}, ...]`` as JSON (one entry a line), in question-id order (numeric ids,
+    also when written as strings, by value: 9 before 10)."""
     rows = [json.dumps({"question_id": qid, "answer": answer}, ensure_ascii=False)
-            for qid, answer in sorted(predictions.items(), key=lambda item: str(item[0]))]
+            for qid, answer in sorted(predictions.items(), key=lambda item: _id_order(item[0]))]
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(path, "[\n" + ",\n".join(rows) + "\n]\n")
+
+
+def _id_order(qid) -> tuple:
+    text = str(qid)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
 
 
 def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapping[str, float]], primary: str,

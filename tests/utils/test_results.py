@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from utils.results import iglue_average, write_results
+from utils.results import iglue_average, write_predictions, write_results
 
 
 def test_write_results_tables_and_iglue_average(tmp_path):
@@ -48,3 +48,11 @@ def test_iglue_average_skips_only_english():
 def test_bad_results_are_rejected(tmp_path, per_language, primary, message):
     with pytest.raises(ValueError, match=message):
         write_results(tmp_path, per_language, primary=primary)
+
+
+def test_predictions_are_written_in_numeric_question_id_order(tmp_path):
+    path = tmp_path / "predictions" / "test_de.json"
+    write_predictions(path, {"10": "yes", "9": "no", 201: "red", "b7": "two", "a1": "one"})
+    rows = json.loads(path.read_text())
+    assert [r["question_id"] for r in rows] == ["9", "10", 201, "a1", "b7"]
+    assert rows[0] == {"question_id": "9", "answer": "no"}
