@@ -23,7 +23,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from dataset.transforms import build_transform
 from models.factory import create_model
 from models.heads import clamp_temperature_
 from models.losses import sample_hard_negatives
-from utils.cli import TaskSpec, setup_run
+from utils.cli import TaskSpec, run_script, setup_run
 from utils.demo_plots import plot_recall_curves, plot_training_curves
 from utils.dist import cleanup_distributed
 from utils.engine import StepContext, Trainer
@@ -54,7 +53,9 @@ from utils.task import load_starting_weights, prepare_text_encoder, resolve_data
 logger = logging.getLogger("demo")
 
 SPEC = TaskSpec("demo", "configs/tiny/demo.yaml", "configs/base/demo.yaml",
-                bs_keys=("images.batch_size", "texts_para.batch_size"))
+                bs_keys=("images.batch_size", "texts_para.batch_size"),
+                unsupported_flags={flag: "the demo trains from scratch in a few minutes"
+                                   for flag in ("resume", "evaluate", "fewshot", "gmt", "checkpoint")})
 
 ARMS = {True: "with_parallel_text", False: "without_parallel_text"}
 ARM_TITLES = {"with_parallel_text": "with parallel text", "without_parallel_text": "without parallel text"}
@@ -518,9 +519,6 @@ def _check_supported(config: dict, env) -> None:
     if env.world_size > 1:
         raise ValueError(f"the demo runs in one process; it was started with {env.world_size} (use --dist cpu or "
                          "--dist gpu0)")
-    for key in ("resume", "evaluate"):
-        if config.get(key):
-            raise ValueError(f"the demo does not support --{key}; it trains from scratch in a few minutes")
 
 
 def main(argv=None) -> dict:
@@ -564,5 +562,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

@@ -18,7 +18,6 @@ Run: ``python3 run.py --task gqa --dist 1 --checkpoint cclm.th`` (or this file u
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +31,7 @@ from dataset.gqa import (GQAEvalDataset, GQATrainDataset, collate_gqa_eval, coll
 from dataset.transforms import build_transform
 from utils.classification_task import (EvalSet, TaskData, UnderstandingTask, as_list, existing_file, gather_by_key,
                                        language_files, run_understanding_task, tokenize)
-from utils.cli import TaskSpec
+from utils.cli import TaskSpec, run_script
 from utils.engine import move_to_device
 from utils.metrics import vqa_exact_match
 
@@ -140,5 +139,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

@@ -16,7 +16,6 @@ Run: ``python3 run.py --task nlvr --dist 1 --checkpoint cclm.th`` (or this file 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset
@@ -27,7 +26,7 @@ from dataset.nlvr import NLVRDataset
 from dataset.transforms import build_transform
 from utils.classification_task import (ClassificationCollate, EvalSet, TaskData, UnderstandingTask, as_list,
                                        classification_accuracy, existing_file, language_files, run_understanding_task)
-from utils.cli import TaskSpec
+from utils.cli import TaskSpec, run_script
 from utils.dist import barrier
 
 logger = logging.getLogger("nlvr")
@@ -105,5 +104,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

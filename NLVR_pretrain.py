@@ -17,13 +17,12 @@ Run: ``python3 run.py --task nlvr_domain --dist 1 --checkpoint cclm.th`` (or thi
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import NLVR
 from Pretrain import build_model, train_on_streams
 from utils.checkpoint import LATEST
-from utils.cli import TaskSpec, setup_run
+from utils.cli import TaskSpec, run_script, setup_run
 from utils.config import ConfigError
 from utils.dist import barrier, cleanup_distributed
 from utils.engine import StepContext
@@ -31,7 +30,11 @@ from utils.engine import StepContext
 logger = logging.getLogger("nlvr_domain")
 
 SPEC = TaskSpec("nlvr_domain", "configs/nlvr/nlvr_domain.yaml", "configs/base/nlvr_domain.yaml",
-                bs_keys=("images.batch_size",))
+                bs_keys=("images.batch_size",),
+                unsupported_flags={"evaluate": "it has no evaluation of its own: evaluate the fine-tuned model with "
+                                               "run.py --task nlvr --evaluate --checkpoint "
+                                               "<output_dir>/nlvr_ft/checkpoint_best.pth",
+                                   "gmt": "NLVR2/MaRVL have no translate-test files"})
 
 
 def domain_step(ctx: StepContext, item: list) -> None:
@@ -76,9 +79,6 @@ def main(argv=None) -> dict:
     run = setup_run(SPEC, argv, "NLVR domain pre-training, then NLVR2 -> MaRVL")
     config, env = run.config, run.env
     try:
-        if config.get("evaluate"):
-            raise ConfigError("nlvr_domain has no evaluation of its own: evaluate the fine-tuned model with "
-                              "run.py --task nlvr --evaluate --checkpoint <output_dir>/nlvr_ft/checkpoint_best.pth")
         out = {"domain": pretrain_domain(config, env, run.output_dir)}
         if config["nlvr_finetune"]["enabled"]:
             logger.info("domain pre-training done; fine-tuning NLVR from %s", run.output_dir / LATEST)
@@ -89,5 +89,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 from typing import Iterator
 
 from dataset.pretrain import build_pretrain_loaders
 from dataset.shards import derived_seed
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
-from utils.cli import TaskSpec, setup_run
+from utils.cli import TaskSpec, run_script, setup_run
 from utils.dist import all_gather_object, cleanup_distributed
 from utils.engine import StepContext, Trainer
 from utils.results import write_results
@@ -30,7 +29,11 @@ logger = logging.getLogger("pretrain")
 
 SPEC = TaskSpec("pretrain", "configs/Pretrain_4m.yaml", "configs/base/pretrain.yaml",
                 bs_keys=("images.batch_size", "texts_para.batch_size", "regions.batch_size",
-                         "images_mono.batch_size"))
+                         "images_mono.batch_size"),
+                unsupported_flags={"evaluate": "pre-training has no evaluation; evaluate a fine-tuning task with "
+                                               "--checkpoint <output_dir>/model_state_epoch_E.th",
+                                   "fewshot": "few-shot runs fine-tune a downstream task",
+                                   "gmt": "translate-test applies to xvnli, xflickrco and wit"})
 
 # Stream name -> the prefix of its losses in logs (the original's meter names: loss_tt_ttc, loss_mm_img_itc, ...).
 LOSS_PREFIX = {"texts_para": "tt", "images": "mm_img", "regions": "mm", "images_mono": "mono"}
@@ -171,5 +174,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from dataset.convert import join_wit_images
 from dataset.fewshot import parse_fewshot
 from dataset.retrieval import RetrievalEvalDataset, RetrievalTrainDataset, limit_images, read_wit_eval, read_wit_train
 from dataset.transforms import build_transform
-from utils.cli import TaskSpec
+from utils.cli import TaskSpec, run_script
 from utils.config import ConfigError
 from utils.retrieval_task import (RetrievalData, RetrievalTask, Selection, image_roots, language_files,
                                   load_standard_data, run_retrieval_task, subset_eval_data)
@@ -161,5 +160,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

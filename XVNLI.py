@@ -14,7 +14,6 @@ Run: ``python3 run.py --task xvnli --dist 1 --checkpoint cclm.th`` (or this file
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset
@@ -24,7 +23,7 @@ from dataset.transforms import build_transform
 from dataset.xvnli import XVNLIDataset
 from utils.classification_task import (ClassificationCollate, EvalSet, TaskData, UnderstandingTask, as_list,
                                        classification_accuracy, existing_file, language_files, run_understanding_task)
-from utils.cli import TaskSpec, key_of_test_files
+from utils.cli import TaskSpec, key_of_test_files, run_script
 
 logger = logging.getLogger("xvnli")
 
@@ -88,5 +87,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

@@ -80,7 +80,10 @@ def launcher_args(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     dist = str(args.dist)
     env: dict[str, str] = {}
     if dist == "cpu" or dist.startswith("cpu:"):
-        n = 1 if dist == "cpu" else int(dist.split(":", 1)[1])
+        count = "1" if dist == "cpu" else dist.split(":", 1)[1]
+        if not count.isdigit():
+            raise SystemExit(f"--dist {dist}: expected cpu:N with N a number of processes")
+        n = int(count)
         if n < 1:
             raise SystemExit(f"--dist {dist}: the number of processes must be at least 1")
         env["CCLM_DEVICE"] = "cpu"

@@ -15,11 +15,10 @@ Run: ``python3 run.py --task xflickrco --dist 1 --checkpoint cclm_4m.th --output
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from dataset.fewshot import resolve_fewshot
-from utils.cli import TaskSpec
+from utils.cli import TaskSpec, run_script
 from utils.retrieval_task import RetrievalData, RetrievalTask, load_fewshot_data, load_standard_data, \
     run_retrieval_task
 
@@ -43,5 +42,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    run_script(main)

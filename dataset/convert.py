@@ -114,11 +114,17 @@ def karpathy_image_path(image: dict, dataset: str) -> str:
     return f"flickr30k-images/{image['filename']}"
 
 
+def karpathy_dataset(karpathy: dict) -> str:
+    """The split file's ``dataset`` ('coco', 'flickr30k', ...); without one, 'coco' when its images carry a cocoid."""
+    images = karpathy.get("images") or [{}]
+    return karpathy.get("dataset", "coco" if isinstance(images[0], dict) and "cocoid" in images[0] else "flickr30k")
+
+
 def karpathy_to_retrieval(karpathy: dict, source: PathLike = "<karpathy>") -> dict[str, list[dict]]:
     """Split a Karpathy json into our retrieval json lists: ``train`` (train + restval), ``val``, ``test``."""
     if not isinstance(karpathy, dict) or "images" not in karpathy:
         raise AnnotationError(f"{source}: not a Karpathy split file (no top-level 'images' list)")
-    dataset = karpathy.get("dataset", "coco" if "cocoid" in (karpathy["images"] or [{}])[0] else "flickr30k")
+    dataset = karpathy_dataset(karpathy)
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for i, image in enumerate(karpathy["images"]):
         at = where(source, f"images[{i}]")
@@ -127,7 +133,11 @@ def karpathy_to_retrieval(karpathy: dict, source: PathLike = "<karpathy>") -> di
             require(image, ("filepath",), at)
         path = karpathy_image_path(image, dataset)
         image_id = image.get("cocoid", Path(image["filename"]).stem)
-        captions = [s["raw"].strip() for s in image["sentences"] if s.get("raw", "").strip()]
+        sentences = image["sentences"]
+        if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
+            raise AnnotationError(f"{at}: 'sentences' must be a list of objects with a 'raw' caption (Karpathy's "
+                                  f"format), got {sentences!r:.80}")
+        captions = [s["raw"].strip() for s in sentences if isinstance(s.get("raw"), str) and s["raw"].strip()]
         if not captions:
             raise AnnotationError(f"{at}: image {image['filename']} has no non-empty caption")
         split = {"restval": "train"}.get(image["split"], image["split"])
@@ -144,7 +154,7 @@ def convert_karpathy(karpathy_file: PathLike, out_dir: PathLike) -> list[Path]:
     """Write the retrieval json files of one Karpathy split file into ``out_dir``; return their paths."""
     karpathy = read_json(karpathy_file)
     splits = karpathy_to_retrieval(karpathy, karpathy_file)
-    dataset = karpathy.get("dataset", "coco")
+    dataset = karpathy_dataset(karpathy)  # the same rule for the image paths and the file names
     if dataset == "coco":
         outputs = {"en.train.json": splits["train"], "en.valid.json": splits["val"],
                    "en.5k_test.json": splits["test"], "en.1k_test.json": splits["test"][:1000]}

@@ -2,8 +2,9 @@
 
 Items are ``(image tensor, hypothesis str, label int)``: the hypothesis (``sentence2``) is cleaned with
 ``pre_caption(., 80)`` and left as a string for the task script to tokenise; the text premise ``sentence1`` is unused.
-Labels: contradiction 0, entailment 1, neutral 2. Lines whose ``gold_label`` is anything else (IGLUE has ``-``) are
-dropped and counted in ``dataset.dropped``. The image key is spelled ``Flikr30kID`` (sic) in the IGLUE files.
+Labels: contradiction 0, entailment 1, neutral 2. Lines without a consensus label (``-``, IGLUE's marker, or empty)
+are dropped and counted in ``dataset.dropped``; any other label is an error naming the line (the reference dropped
+every unknown label, so a misspelt one silently shrank the data). The image key is spelled ``Flikr30kID`` (sic) in the IGLUE files.
 
 Expected layout (relative to the data root)::
 
@@ -30,6 +31,7 @@ from dataset.text import pre_caption
 
 PathLike = str | os.PathLike
 LABELS = {"contradiction": 0, "entailment": 1, "neutral": 2}
+NO_CONSENSUS = ("-", "")
 IMAGE_KEY = "Flikr30kID"
 
 
@@ -51,9 +53,12 @@ def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tup
         require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
         if not isinstance(record["gold_label"], str):
             raise AnnotationError(f"{at}: gold_label must be a string, got {type(record['gold_label']).__name__}")
-        if record["gold_label"] not in LABELS:
+        if record["gold_label"].strip() in NO_CONSENSUS:
             dropped += 1
             continue
+        if record["gold_label"] not in LABELS:
+            raise AnnotationError(f"{at}: gold_label {record['gold_label']!r} is not one of {sorted(LABELS)} "
+                                  f"(or '-' for no consensus)")
         hypothesis = string_field(record, "sentence2", at)
         try:
             hypothesis = pre_caption(hypothesis, max_words)

@@ -65,7 +65,8 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe pickles
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+        raise RuntimeError(f"cannot read checkpoint {path}: not a torch checkpoint that loads with weights_only=True "
+                           f"(corrupt, truncated, or not a checkpoint?): {type(err).__name__}: {err}") from err
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from utils.config import ConfigError, dump_config, load_config, set_by_path
 from utils.dist import DistEnv, init_distributed, world_info_from_env
@@ -22,11 +23,11 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """The original README's flags plus ours (--resume, --opts, --device); run.py forwards them unchanged."""
     parser.add_argument("--config", default=None, help="YAML config (default: the task's)")
     parser.add_argument("--output_dir", default=None, help="where checkpoints, logs and results go")
-    parser.add_argument("--bs", type=int, default=-1, help="global training batch, split over processes (-1: config)")
+    parser.add_argument("--bs", type=int, default=None, help="global training batch, split over processes (default: config)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (rank is added per process)")
-    parser.add_argument("--epoch", type=int, default=-1, help="number of epochs (-1: config)")
+    parser.add_argument("--epoch", type=int, default=None, help="number of epochs (default: config)")
     parser.add_argument("--checkpoint", default=None, help="weights to start from (released CCLM .th or ours)")
-    parser.add_argument("--lr", type=float, default=0.0, help="learning rate (0: config)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: config)")
     parser.add_argument("--fewshot", default=None, help="few-shot spec, e.g. 'de,100' or 'id'")
     parser.add_argument("--evaluate", action="store_true", help="evaluate --checkpoint without training")
     parser.add_argument("--gmt", action="store_true",
@@ -46,6 +47,8 @@ class TaskSpec:
     schema: str                         # the base config whose keys are the only ones allowed
     bs_keys: Sequence[str] = ()         # config keys --bs sets (per-process batch = bs // world size)
     fewshot_config: str | None = None   # used instead of default_config when --fewshot is given
+    # flags the task cannot honour -> why (or what to run instead): given, they are an error, never ignored
+    unsupported_flags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,15 +69,22 @@ def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> d
     """Load the config (schema-checked) and apply the command-line flags to it."""
     path = args.config or (spec.fewshot_config if args.fewshot and spec.fewshot_config else spec.default_config)
     path = path if Path(path).is_absolute() or Path(path).exists() else str(ROOT / path)
+    for flag, why in spec.unsupported_flags.items():
+        if getattr(args, flag, None):
+            raise ConfigError(f"task {spec.name} does not take --{flag}: {why}")
     config = load_config(path, args.opts, schema=ROOT / spec.schema)
-    if args.bs > 0:
+    for flag in ("bs", "epoch", "lr"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{flag} must be positive, got {value}")
+    if args.bs is not None:
         if args.bs % world_size:
             raise ConfigError(f"--bs {args.bs} is not divisible by the {world_size} processes")
         for key in spec.bs_keys:
             set_by_path(config, key, args.bs // world_size)
-    if args.epoch > 0:
+    if args.epoch is not None:
         config["schedular"]["epochs"] = args.epoch
-    if args.lr > 0:
+    if args.lr is not None:
         config["optimizer"]["lr"] = args.lr
         config["schedular"]["lr"] = args.lr
     for key in ("seed", "checkpoint", "fewshot", "resume", "device"):
@@ -87,6 +97,8 @@ def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> d
     if config.get("gmt"):
         use_translate_test(config, spec.name)
     config["output_dir"] = str(args.output_dir or config.get("output_dir") or Path("output") / spec.name)
+    if Path(config["output_dir"]).exists() and not Path(config["output_dir"]).is_dir():
+        raise ConfigError(f"output_dir {config['output_dir']} exists and is not a folder")
     return config
 
 
@@ -123,3 +135,18 @@ def setup_run(spec: TaskSpec, argv: Iterable[str] | None, description: str = "")
         dump_config(config, output_dir / "config.yaml")
     logger.info("task %s: rank %d/%d on %s, output %s", spec.name, env.rank, env.world_size, env.device, output_dir)
     return RunContext(config, env, output_dir, args)
+
+
+def run_script(main: Callable[[list], object]) -> None:
+    """A task script's entry point: ``main(sys.argv[1:])``, then exit 0. A user error (a bad config, flag,
+    annotation or data record, a missing file) ends the process with one logged line naming it and exit code 2,
+    instead of a traceback that torchrun would bury under its own."""
+    from dataset.convert import AnnotationError
+    from dataset.shards import BadDataError, BadRecordError
+
+    try:
+        main(sys.argv[1:])
+    except (ConfigError, AnnotationError, BadRecordError, BadDataError, FileNotFoundError) as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        sys.exit(2)
+    sys.exit(0)

@@ -91,6 +91,25 @@ def check_keys(data: Mapping, schema: Mapping, source: str, prefix: str = "") ->
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: config key {dotted!r} must be a mapping, got {value!r}")
             check_keys(value, default, source, dotted + ".")
+        else:
+            _check_scalar_type(value, default, source, dotted)
+
+
+def _check_scalar_type(value: Any, default: Any, source: str, dotted: str) -> None:
+    """A key whose default is a number or a boolean takes a value of that kind (an integer key also takes a float
+    with an integral value, e.g. 1e6), so ``batch_size: sixteen`` fails here, naming the key and the file."""
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok = (isinstance(value, int) or isinstance(value, float) and value.is_integer()) and not isinstance(value, bool)
+        kind = "an integer"
+    elif isinstance(default, float):
+        ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{source}: config key {dotted!r} must be {kind} (like its default {default!r}), "
+                          f"got {value!r}")
 
 
 def merge(base: dict, update: Mapping) -> dict:

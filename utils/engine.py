@@ -249,7 +249,11 @@ class Trainer:
         """Restore everything a training checkpoint holds, including the data position and RNG states."""
         path = ckpt.find_resume_file(resume, self.output_dir)
         state = ckpt.load_training_state(path)
-        self.raw_model.load_state_dict(state["model"], strict=True)
+        try:
+            self.raw_model.load_state_dict(state["model"], strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"--resume {path}: its weights do not fit this {type(self.raw_model).__name__} "
+                             f"(a checkpoint of another task or model size?): {str(e)[:600]}") from e
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -272,6 +276,10 @@ class Trainer:
                            self.env.rank, self.env.world_size)
         logger.info("resumed from %s: epoch %d, step %d, %d batches into the epoch", path, self.state.epoch,
                     self.state.step, self.state.batches_in_epoch)
+        if self.state.epoch >= self.epochs or self._done():
+            logger.warning("%s is the end of a finished run (epoch %d of %d, step %d): there is nothing left to "
+                           "train; give more epochs (--epoch) to continue it", path, self.state.epoch, self.epochs,
+                           self.state.step)
 
     # ---------------------------------------------------------------- evaluation
     def run_evaluation(self) -> dict:

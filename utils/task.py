@@ -71,13 +71,31 @@ def prepare_text_encoder(config: dict, data_root: Path) -> str:
 
 
 def load_starting_weights(model, config: Mapping) -> None:
-    """Load ``config['checkpoint']`` into the model through its ``load_pretrained`` (which reports key mismatches)."""
+    """Load ``config['checkpoint']`` into the model through its ``load_pretrained`` (which reports key mismatches).
+
+    ``--evaluate`` needs a checkpoint that fills the whole model: evaluating random weights is an error."""
     path = config.get("checkpoint")
+    evaluate = bool(config.get("evaluate"))
     if not path:
+        if evaluate:
+            from utils.config import ConfigError
+
+            raise ConfigError("--evaluate needs --checkpoint (the fine-tuned weights to evaluate)")
+        if getattr(model, "task", None) not in (None, "pretrain"):
+            logger.warning("no --checkpoint: fine-tuning starts from the text encoder's and the vision config's "
+                           "initialisation, not from a pre-trained CCLM")
         return
-    kwargs = {"is_eval": True} if config.get("evaluate") and _accepts(model.load_pretrained, "is_eval") else {}
+    kwargs = {"is_eval": True} if evaluate and _accepts(model.load_pretrained, "is_eval") else {}
     report = model.load_pretrained(path, **kwargs)
     logger.info("loaded %s: %s", path, report)
+    untrained = list(getattr(report, "missing", []) or []) + list(getattr(report, "initialised", []) or [])
+    if evaluate and untrained:
+        from utils.config import ConfigError
+
+        raise ConfigError(f"--evaluate: {path} does not hold these weights of the "
+                          f"{getattr(model, 'task', 'task')} model, which would be evaluated at random initialisation: "
+                          f"{', '.join(untrained[:8])}{' ...' if len(untrained) > 8 else ''} "
+                          "(is it a checkpoint fine-tuned on this task?)")
 
 
 def _accepts(fn, name: str) -> bool:

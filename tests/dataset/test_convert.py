@@ -73,6 +73,16 @@ def test_karpathy_errors():
     bad = {"dataset": "coco", "images": [dict(KARPATHY_COCO["images"][0], split="holdout")]}
     with pytest.raises(AnnotationError, match=r"\[images\[0\]\]: unknown split 'holdout'"):
         karpathy_to_retrieval(bad)
+    strings = {"dataset": "coco", "images": [dict(KARPATHY_COCO["images"][0], sentences=["A cat."])]}
+    with pytest.raises(AnnotationError, match=r"\[images\[0\]\]: 'sentences' must be a list of objects"):
+        karpathy_to_retrieval(strings)
+
+
+def test_karpathy_without_a_dataset_key_names_files_as_it_builds_paths(tmp_path):
+    flickr = {"images": [{"filename": "10.jpg", "split": "test", "sentences": [{"raw": "x"}]}]}  # no cocoid
+    (tmp_path / "f.json").write_text(json.dumps(flickr))
+    assert main(["karpathy", str(tmp_path / "f.json"), "--out-dir", str(tmp_path / "f")]) == 0
+    assert json.loads((tmp_path / "f/flickr30k_test.json").read_text())[0]["image"] == "flickr30k-images/10.jpg"
 
 
 def test_multi30k_raw_text_train_and_test(tmp_path):

@@ -231,9 +231,11 @@ def test_figures_have_one_panel_per_arm(tmp_path):
         plot_recall_curves({"x": {"steps": [1, 2], "languages": {"en": [3.0]}}}, tmp_path / "bad.png")
 
 
-def test_the_demo_refuses_to_resume(tmp_path):
-    with pytest.raises(ValueError, match="does not support --resume"):
-        Demo.main(["--output_dir", str(tmp_path), "--resume", "latest"])
+@pytest.mark.parametrize("flags", [["--resume", "latest"], ["--evaluate"], ["--checkpoint", "x.th"]])
+def test_the_demo_refuses_flags_it_cannot_honour(tmp_path, flags):
+    with pytest.raises(ValueError, match=f"task demo does not take {flags[0]}"):
+        Demo.main(["--output_dir", str(tmp_path), *flags])
+    assert not (tmp_path / "config.yaml").exists()  # refused before anything ran
 
 
 # ------------------------------------------------------------------------------------------------ reduced demo

@@ -30,6 +30,67 @@ def test_bs_must_divide(spec):
         build_config(spec, parse_task_args(["--bs", "5"], "toy"), world_size=2)
 
 
+@pytest.mark.parametrize("flags", [["--bs", "0"], ["--epoch", "0"], ["--lr", "-1"], ["--bs", "-8"]])
+def test_non_positive_bs_epoch_lr_are_errors_not_ignored(spec, flags):
+    with pytest.raises(ConfigError, match=f"{flags[0]} must be positive, got {flags[1]}"):
+        build_config(spec, parse_task_args(flags, "toy"), world_size=1)
+
+
+def test_unsupported_flags_are_errors(tmp_path):
+    (tmp_path / "schema.yaml").write_text("base: base/engine.yaml\n")
+    spec = TaskSpec("toy", str(tmp_path / "schema.yaml"), str(tmp_path / "schema.yaml"),
+                    unsupported_flags={"evaluate": "toy has no evaluation", "fewshot": "no"})
+    with pytest.raises(ConfigError, match="task toy does not take --evaluate: toy has no evaluation"):
+        build_config(spec, parse_task_args(["--evaluate"], "toy"), world_size=1)
+    with pytest.raises(ConfigError, match="does not take --fewshot"):
+        build_config(spec, parse_task_args(["--fewshot", "de"], "toy"), world_size=1)
+    assert build_config(spec, parse_task_args([], "toy"), world_size=1)["seed"] is not None
+
+
+@pytest.mark.parametrize("override,message", [
+    ("batch_size_train=sixteen", "'batch_size_train' must be an integer (like its default 32), got 'sixteen'"),
+    ("optimizer.lr=fast", "'optimizer.lr' must be a number"),
+    ("run.progress=3", "'run.progress' must be true or false"),
+    ("batch_size_train=1.5", "must be an integer"),
+])
+def test_wrong_value_types_are_errors_naming_the_key(spec, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_config(spec, parse_task_args(["--opts", override], "toy"), world_size=1)
+
+
+def test_integral_floats_and_ints_for_floats_are_accepted(spec):
+    cfg = build_config(spec, parse_task_args(["--opts", "batch_size_train=1e2", "optimizer.lr=1"], "toy"), 1)
+    assert cfg["batch_size_train"] == 100 and cfg["optimizer"]["lr"] == 1
+
+
+def test_an_output_dir_that_is_a_file_is_an_error(spec, tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(ConfigError, match="out exists and is not a folder"):
+        build_config(spec, parse_task_args(["--output_dir", str(tmp_path / "out")], "toy"), world_size=1)
+
+
+def test_run_script_turns_user_errors_into_one_line_and_exit_code_2(caplog, monkeypatch):
+    from dataset.convert import AnnotationError
+    from utils.cli import run_script
+
+    monkeypatch.setattr("sys.argv", ["task.py", "--bs", "8"])
+    seen = []
+
+    def main(argv):
+        seen.append(argv)
+        raise AnnotationError("data.jsonl:3: malformed JSON line")
+
+    with caplog.at_level("ERROR"), pytest.raises(SystemExit) as info:
+        run_script(main)
+    assert info.value.code == 2 and seen == [["--bs", "8"]]
+    assert "AnnotationError: data.jsonl:3: malformed JSON line" in caplog.text
+    with pytest.raises(SystemExit) as info:
+        run_script(lambda argv: None)
+    assert info.value.code == 0
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        run_script(lambda argv: 1 / 0)
+
+
 def test_misspelt_override_is_an_error(spec):
     with pytest.raises(ConfigError, match="unknown config key 'run.log_evry'"):
         build_config(spec, parse_task_args(["--opts", "run.log_evry=5"], "toy"), world_size=1)

@@ -97,6 +97,23 @@ def test_resume_warns_when_the_run_shape_changed(tmp_path, caplog):
     assert "do not carry over" in caplog.text
 
 
+def test_resume_of_another_model_names_the_file(tmp_path):
+    t = make_trainer(config(epochs=1), tmp_path)
+    t.fit()
+    state = torch.load(tmp_path / ckpt.LATEST, weights_only=True)
+    state["model"]["extra_head.weight"] = torch.zeros(1)
+    ckpt.atomic_torch_save(state, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"(?s)other.pth: its weights do not fit this ToyModel .*extra_head"):
+        make_trainer(config(epochs=1), tmp_path).resume(tmp_path / "other.pth")
+
+
+def test_resuming_a_finished_run_warns(tmp_path, caplog):
+    make_trainer(config(epochs=1), tmp_path).fit()
+    with caplog.at_level("WARNING"):
+        make_trainer(config(epochs=1), tmp_path).resume("latest")
+    assert "nothing left to train" in caplog.text
+
+
 def test_resume_rejects_plain_weights(tmp_path):
     t = make_trainer(config(epochs=1), tmp_path)
     ckpt.atomic_torch_save({"model": t.raw_model.state_dict()}, tmp_path / "weights.pth")
