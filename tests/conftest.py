@@ -65,3 +65,32 @@ def tiny_tokenizer(tiny_tokenizer_dir):
     from dataset.tokenizer import load_tokenizer
 
     return load_tokenizer(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory):
+    """``make(config_file, schema, model_name) -> path``: a ``{'model': state_dict}`` file of a randomly initialised
+    model of that (tiny) config, for ``--evaluate`` runs whose point is the data and the scoring, not the weights
+    (``--evaluate`` refuses to run without a checkpoint that fills the whole model)."""
+    import torch
+
+    made: dict = {}
+
+    def make(config_file, schema, model_name):
+        from models.factory import create_model
+        from utils.config import load_config
+        from utils.task import prepare_text_encoder, resolve_data_root
+
+        key = (str(config_file), str(schema), model_name)
+        if key not in made:
+            config = load_config(config_file, schema=schema)
+            root = resolve_data_root(config)
+            config["text_encoder"] = prepare_text_encoder(config, root)
+            torch.manual_seed(0)
+            model = create_model(model_name, config, root=root)
+            path = tmp_path_factory.mktemp("random-checkpoints") / f"{model_name}.pth"
+            torch.save({"model": model.state_dict()}, path)
+            made[key] = path
+        return str(made[key])
+
+    return make

@@ -264,10 +264,15 @@ def sample_opts(root, *extra):
     return ["--opts", *FAST, f"data_root={root}", "synthetic=null", *extra]
 
 
-def test_xflickrco_evaluates_the_real_sample(sample_root, iglue_sample, tmp_path):
+def tiny_retrieval_checkpoint(random_checkpoint, config="xflickrco.yaml"):
+    return random_checkpoint(ROOT / "configs/tiny" / config, SCHEMA, "cclm_retrieval")
+
+
+def test_xflickrco_evaluates_the_real_sample(sample_root, iglue_sample, tmp_path, random_checkpoint):
     out = tmp_path / "out"
     payload = xFlickrCO.main(["--config", str(ROOT / "configs/tiny/xflickrco.yaml"), "--output_dir", str(out),
-                              "--evaluate", *sample_opts(sample_root)])
+                              "--evaluate", "--checkpoint", tiny_retrieval_checkpoint(random_checkpoint),
+                              *sample_opts(sample_root)])
     assert list(payload["languages"]) == ["en", "de", "ja"]
     for lang in ("en", "de", "ja"):
         records = jsonl(iglue_sample / f"datasets/xFlickrCO/annotations/{lang}/test.jsonl")
@@ -278,10 +283,11 @@ def test_xflickrco_evaluates_the_real_sample(sample_root, iglue_sample, tmp_path
     assert (out / "results.md").read_text().count("\n| ") == 5  # header, en, de, ja, IGLUE avg
 
 
-def test_wit_evaluates_the_real_sample_grouped_by_image(sample_root, iglue_sample, tmp_path):
+def test_wit_evaluates_the_real_sample_grouped_by_image(sample_root, iglue_sample, tmp_path, random_checkpoint):
     ann = "iglue/datasets/wit/annotations"
     payload = WIT.main(["--config", str(ROOT / "configs/tiny/wit.yaml"), "--output_dir", str(tmp_path / "out"),
-                        "--evaluate", *sample_opts(sample_root, "wit_preproc=null", "image_root=images/wit",
+                        "--evaluate", "--checkpoint", tiny_retrieval_checkpoint(random_checkpoint, "wit.yaml"),
+                        *sample_opts(sample_root, "wit_preproc=null", "image_root=images/wit",
                                                    f"test_file={ann}/test_{{lang}}.jsonl",
                                                    f"val_file={{en: {ann}/val_en.jsonl}}")])
     assert list(payload["languages"]) == ["en", "ar", "ja"]
@@ -364,12 +370,14 @@ def test_wit_train_evaluate_fewshot(world, tmp_path):
 @pytest.mark.parametrize("module, config, gmt_file", [
     (xFlickrCO, "xflickrco.yaml", "iglue/datasets/xFlickrCO/annotations_machine-translate/ja/test_gmt.jsonl"),
     (WIT, "wit.yaml", "iglue/datasets/wit/annotations_machine-translate/test_ja_gmt.jsonl")])
-def test_gmt_evaluates_the_machine_translated_test_files(world, tmp_path, module, config, gmt_file):
+def test_gmt_evaluates_the_machine_translated_test_files(world, tmp_path, module, config, gmt_file,
+                                                        random_checkpoint):
     """--gmt (translate-test): every test language but English, read from the machine-translated files."""
     from utils.cli import build_config, parse_task_args
 
     flags = ["--config", str(ROOT / "configs/tiny" / config), "--evaluate", "--opts", *FAST, "test_languages=[en,ja]"]
-    out = module.main([*flags[:3], "--gmt", "--output_dir", str(tmp_path), *flags[3:]])
+    out = module.main([*flags[:3], "--gmt", "--checkpoint", tiny_retrieval_checkpoint(random_checkpoint, config),
+                       "--output_dir", str(tmp_path), *flags[3:]])
     assert list(out["languages"]) == ["ja"] and out["extra"]["translate_test"] is True
     if module is WIT:
         module.prepare_wit(build_config(module.SPEC, parse_task_args([*flags, "gmt=true"], "t"), 1), world)

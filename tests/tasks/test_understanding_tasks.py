@@ -289,10 +289,12 @@ def test_xvnli_train_evaluate_fewshot(world, tmp_path):
     assert few["extra"]["dropped_without_gold_label"]["train"] == gold_label_dashes(ann / "de/train_48.jsonl")
 
 
-def test_xvnli_gmt_evaluates_the_machine_translated_test_files(world, tmp_path):
+def test_xvnli_gmt_evaluates_the_machine_translated_test_files(world, tmp_path, random_checkpoint):
     """--gmt (translate-test): every test language but English, read from annotations_machine-translate."""
-    out = XVNLI.main(["--config", str(ROOT / "configs/tiny/xvnli.yaml"), "--evaluate", "--gmt", "--output_dir",
-                      str(tmp_path), "--opts", *FAST, "test_languages=[en,de]"])
+    checkpoint = random_checkpoint(ROOT / "configs/tiny/xvnli.yaml", ROOT / "configs/base/xvnli.yaml",
+                                   "cclm_classification")
+    out = XVNLI.main(["--config", str(ROOT / "configs/tiny/xvnli.yaml"), "--evaluate", "--gmt", "--checkpoint",
+                      checkpoint, "--output_dir", str(tmp_path), "--opts", *FAST, "test_languages=[en,de]"])
     assert list(out["languages"]) == ["de"] and out["extra"]["translate_test"] is True
     expected = world / "iglue/datasets/XVNLI/annotations_machine-translate/de/test.jsonl"
     assert Path(out["extra"]["test_files"]["de"]) == expected
