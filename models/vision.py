@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from scipy.interpolate import RectBivariateSpline
-from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention, window_partition
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
 
 from models.fast_ops import host_checkable, softmax_last_dim
 
@@ -165,57 +165,6 @@ class _OnePassBiasWindowAttention(WindowAttention):
                                               scale=self.scale)
 
 
-class _TokenGather(torch.autograd.Function):
-    """``x.index_select(1, order)`` for a permutation ``order``; its backward is the gather by the inverse
-    permutation (one copy, where index_select's own backward zero-fills and scatter-adds)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(1, order)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(1, inverse), None, None
-
-
-class _GatheredWindowsBlock(SwinTransformerBlock):
-    """timm's Swin block with the cyclic shift and the window partition done as one gather of the tokens, and the
-    window merge and reverse shift as the inverse gather: the same values with one copy each way instead of timm's
-    two rolls, zero pad and two permute copies (on CPU that copying was ~10% of the tiny Swin's step). Sizes that
-    need padding (not a multiple of the window) or differ from the built resolution take timm's path. Instances of
-    timm's class are switched to this one in SwinVisionEncoder; the orders are non-persistent buffers."""
-
-    def init_window_order(self) -> None:
-        """(Re)compute the token orders for the block's resolution, window and shift."""
-        height, width = self.input_resolution
-        device = self.norm1.weight.device
-        if height % self.window_size[0] or width % self.window_size[1]:
-            to_windows = torch.empty(0, dtype=torch.long, device=device)
-        else:
-            grid = torch.arange(height * width, device=device).view(1, height, width, 1)
-            if any(self.shift_size):
-                grid = torch.roll(grid, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
-            to_windows = window_partition(grid, self.window_size).reshape(-1)
-        self.register_buffer("window_order", to_windows, persistent=False)
-        self.register_buffer("window_order_inverse", torch.argsort(to_windows), persistent=False)
-
-    def set_input_size(self, *args, **kwargs) -> None:
-        super().set_input_size(*args, **kwargs)
-        self.init_window_order()
-
-    def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        batch, height, width, channels = x.shape
-        if (not self.window_order.numel() or (height, width) != tuple(self.input_resolution)
-                or getattr(self, "dynamic_mask", False)):
-            return super()._attn(x)
-        order, inverse = self.window_order, self.window_order_inverse
-        windows = _TokenGather.apply(x.reshape(batch, height * width, channels), order, inverse)
-        out = self.attn(windows.view(-1, self.window_area, channels), mask=self.attn_mask)
-        return _TokenGather.apply(out.view(batch, height * width, channels), inverse, order).view(x.shape)
-
-
 class SwinVisionEncoder(nn.Module):
     """Swin transformer returning [mean patch token] + final patch tokens, as the reference's vision encoder."""
 
@@ -241,9 +190,6 @@ class SwinVisionEncoder(nn.Module):
         for module in self.layers.modules():
             if type(module) is WindowAttention:
                 module.__class__ = _OnePassBiasWindowAttention
-            elif type(module) is SwinTransformerBlock:
-                module.__class__ = _GatheredWindowsBlock
-                module.init_window_order()
         self.set_grad_checkpointing(grad_checkpointing)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
