@@ -2,8 +2,8 @@
 """Launch a CCLM task: ``python3 run.py --task NAME --dist 1 [task flags]``.
 
 The task name selects a script and its default config from ``TASKS``. The script runs under torchrun
-(``python -m torch.distributed.run``, started as an argument list, never through a shell) and ``run.py`` exits with
-the first non-zero exit code of any worker. ``--dry-run`` prints the exact command instead of running it.
+(``python -m utils.launch``: torch.distributed.run's launcher, started as an argument list, never through a shell,
+without the launcher's traceback when a worker fails) and ``run.py`` exits with the first failed worker's exit code. ``--dry-run`` prints the exact command instead of running it.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The full torchrun command (argument list) and the environment variables it adds."""
     task = TASKS[args.task]
     launch, env = launcher_args(args)
-    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, task.script, *script_args(args, task)]
+    cmd = [sys.executable, "-m", "utils.launch", *launch, task.script, *script_args(args, task)]
     return cmd, env
 
 

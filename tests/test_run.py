@@ -14,7 +14,7 @@ def dry(capsys, *argv):
 def test_multinode_command_from_flags(capsys):
     out = dry(capsys, "--task", "itr_coco", "--dist", "all", "--nnodes", "2", "--node_rank", "1",
               "--master_addr", "10.1.2.3", "--master_port", "29600")
-    assert out.count("torch.distributed.run") == 1
+    assert out.count("-m utils.launch") == 1
     assert "--nproc-per-node=8 --nnodes=2 --node-rank=1 --master-addr=10.1.2.3 --master-port=29600" in out
     assert "Retrieval.py --config configs/retrieval/coco_all.yaml" in out
 
@@ -70,13 +70,15 @@ def test_missing_script_says_so(monkeypatch, capsys):
     assert "not implemented yet" in capsys.readouterr().err
 
 
-def test_a_failing_worker_makes_run_exit_nonzero(monkeypatch, tmp_path):
+def test_a_failing_worker_passes_its_exit_code_without_a_launcher_traceback(monkeypatch, tmp_path, capfd):
     script = tmp_path / "fail.py"
     script.write_text("import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
     monkeypatch.setitem(run.TASKS, "failing", run.Task(str(script), str(config)))
-    assert run.main(["--task", "failing", "--dist", "cpu:2"]) != 0
+    assert run.main(["--task", "failing", "--dist", "cpu:2"]) == 3
+    err = capfd.readouterr().err
+    assert "failed on rank 1 with exit code 3" in err and "Traceback" not in err
 
 
 def test_a_succeeding_worker_exits_zero(monkeypatch, tmp_path):
