@@ -341,9 +341,12 @@ def _warn_if_shared_kv_differ(state_dict: dict) -> None:
         m = pattern.match(key)
         if m:
             by_name[(int(m.group(1)), m.group(2), m.group(3))] = (key, value)
+    if not by_name:
+        return
+    fusion = min(layer for layer, _, _ in by_name)  # pairs are (f, f+1), (f+2, f+3), ... from the first fusion layer
     for (layer, proj, suffix), (key, value) in by_name.items():
         partner = by_name.get((layer + 1, proj, suffix))
-        if partner is None or value.is_meta or partner[1].is_meta or layer % 2:
+        if partner is None or value.is_meta or partner[1].is_meta or (layer - fusion) % 2:
             continue
         if value.shape == partner[1].shape and not torch.equal(value, partner[1]):
             logger.warning("NLVR checkpoint: %s and %s differ but the model shares them; the second one is kept",

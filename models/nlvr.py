@@ -24,7 +24,7 @@ from models.factory import register_model
 from models.fast_ops import host_checkable
 from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
 from models.heads import build_mlp, build_projection
-from models.losses import hard_negative_weights, similarity_logits
+from models.losses import similarity_logits
 
 # Domain pre-training: probability that a caption is shown with its own image (labels 0/1) rather than with two
 # negatives (label 2).
@@ -118,13 +118,19 @@ class DomainArrangement(NamedTuple):
     labels: torch.Tensor
 
 
+def domain_negative_weights(sim: torch.Tensor) -> torch.Tensor:
+    """The domain step's negative-sampling weights: the row softmax of the image-image logits, diagonal zeroed."""
+    return F.softmax(sim, dim=1).fill_diagonal_(0)
+
+
 @torch.no_grad()
 def draw_domain_arrangement(image_feat: torch.Tensor, temp: float = DOMAIN_NEGATIVE_TEMP,
                             generator: torch.Generator | None = None) -> DomainArrangement:
     """Arrange a batch of captions with hard-negative images drawn from the image-image similarities.
 
     ``image_feat`` (B x D) are L2-normalised. Two distinct negatives per row come from one multinomial draw over
-    softmax(sim / temp) + 1e-5 with the diagonal zeroed; then, per row, a uniform draw picks a pair (2/3) or
+    softmax(sim / temp) with the diagonal zeroed (the reference's weights: unlike ITM's, no + 1e-5, which would pull
+    the draw towards uniform, since the self-similarity leaves the other weights near 1e-5); then, per row, a uniform draw picks a pair (2/3) or
     "neither" (1/3) and a second one the side of the own image in a pair. Nothing is read on the host, so the
     draw stays on the device (and in one compiled graph).
     """
@@ -134,7 +140,7 @@ def draw_domain_arrangement(image_feat: torch.Tensor, temp: float = DOMAIN_NEGAT
                          f"caption), got {bs}")
     device = image_feat.device
     sim = similarity_logits(image_feat, image_feat, torch.tensor(temp, dtype=torch.float32, device=device))
-    negatives = torch.multinomial(hard_negative_weights(sim), 2, replacement=False, generator=generator)
+    negatives = torch.multinomial(domain_negative_weights(sim), 2, replacement=False, generator=generator)
     first, second = negatives[:, 0], negatives[:, 1]
     draws = torch.rand((2, bs), generator=generator, device=device)
     is_pair, own_on_right = draws[0] < PAIR_PROBABILITY, draws[1] < 0.5

@@ -288,3 +288,25 @@ def test_conversion_report_merge():
     a.drop("x", "because")
     b.drop("y", "also")
     assert a.merge(b).dropped == {"x": "because", "y": "also"}
+
+
+@pytest.mark.parametrize("fusion", [2, 3])
+def test_shared_kv_warning_checks_the_pairs_from_the_first_fusion_layer(fusion, caplog):
+    from models.finetune_checkpoint import _warn_if_shared_kv_differ
+
+    def kv(layer, value):
+        prefix = f"text_encoder.bert.encoder.layer.{layer}.crossattention.self."
+        return {prefix + "key.weight": torch.full((2, 2), float(value)),
+                prefix + "value.weight": torch.full((2, 2), float(value))}
+
+    shared = {}
+    for pair in range(3):  # layers (f, f+1), (f+2, f+3), (f+4, f+5) share their key/value
+        shared.update(kv(fusion + 2 * pair, pair))
+        shared.update(kv(fusion + 2 * pair + 1, pair))
+    with caplog.at_level("WARNING"):
+        _warn_if_shared_kv_differ(shared)
+    assert "differ" not in caplog.text  # neighbours across pairs differ, and that is fine
+    broken = dict(shared, **kv(fusion + 1, 9))
+    with caplog.at_level("WARNING"):
+        _warn_if_shared_kv_differ(broken)
+    assert f"layer.{fusion}.crossattention.self.key.weight and " in caplog.text

@@ -1,5 +1,7 @@
 """NLVR domain pre-training model (spec-finetune 6.6): the arrangement draw, the loss against a hand computation,
 checkpoint paths (CCLM pre-training -> domain model -> NLVR) and the full-size key manifest."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,8 @@ import torch.nn.functional as F
 from models.checkpoint import ours_to_reference
 from models.factory import create_model
 from models.finetune_checkpoint import convert_for_task, ours_to_task_reference
-from models.nlvr import CCLMNLVR, CCLMNLVRDomain, DomainArrangement, draw_domain_arrangement
+from models.nlvr import (CCLMNLVR, CCLMNLVRDomain, DomainArrangement, domain_negative_weights,
+                         draw_domain_arrangement)
 # helpers and fixtures (root, xlmr_large_dir) of the other model tests
 from tests.models.test_finetune_models import (CLS_HEAD, build, has_grad, images, root, text,  # noqa: F401
                                                tiny_config, tiny_pretrained_model)
@@ -80,6 +83,15 @@ def test_negatives_follow_the_similarity_weights():
     # the second negative ("neither" rows) cannot repeat the first: it is one of the six other images
     neither = labels == 2
     assert ((right[neither] != twin[neither]) & (right[neither] != own[neither])).all()
+
+
+def test_negative_weights_are_the_plain_softmax_without_itms_floor():
+    """The reference's domain weights are softmax(sim) with the diagonal zeroed; ITM's + 1e-5 would give the
+    dissimilar images (weights ~ e^-14 here) a 1e-5 floor each."""
+    sim = torch.tensor([[14.0, 13.0, 0.0], [1.0, 14.0, 2.0], [0.5, 0.25, 14.0]])
+    rows = [[math.exp(v) for v in row] for row in sim.tolist()]
+    expected = [[0.0 if i == j else v / sum(row) for j, v in enumerate(row)] for i, row in enumerate(rows)]
+    torch.testing.assert_close(domain_negative_weights(sim), torch.tensor(expected), rtol=1e-6, atol=1e-12)
 
 
 def test_arrangement_reads_no_tensor_value_on_the_host(monkeypatch):
