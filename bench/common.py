@@ -110,8 +110,9 @@ def machine_facts() -> dict:
     return facts
 
 
-def write_json(result: dict, path: str | os.PathLike | None) -> None:
-    """Write ``result`` to ``path`` (a file, or a folder: then ``<name>.json`` inside it); also to $OUT if set."""
+def write_json(result: dict, path: str | os.PathLike | None, quiet: bool = False) -> None:
+    """Write ``result`` to ``path`` (a file, or a folder: then ``<name>.json`` inside it); also to $OUT if set.
+    Each file is replaced whole (temporary file + rename), so a reader never sees half of one."""
     targets = []
     if path:
         targets.append(Path(path))
@@ -121,8 +122,11 @@ def write_json(result: dict, path: str | os.PathLike | None) -> None:
         if target.is_dir():
             target = target / f"{result.get('bench', 'bench')}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=1, default=str))
-        print(f"wrote {target}")
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=str))
+        os.replace(tmp, target)
+        if not quiet:
+            print(f"wrote {target}")
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:

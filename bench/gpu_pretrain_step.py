@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import signal
 import sys
 import tempfile
 import time
@@ -44,7 +45,9 @@ import common  # noqa: E402
 from pretrain_step import full_size_model_config, full_size_text_config, synthetic_batches  # noqa: E402
 
 KINDS = {"image": "a", "para": "b", "region": "c"}
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "GH200": 989.4, "A100": 312.0, "L40S": 362.05, "A10G": 70.0}
+# Dense bf16 peaks by device-name substring, first match wins (the NVL / PCIe parts run at lower clocks and power).
+PEAK_BF16_TFLOPS = {"H200 NVL": 835.5, "H100 NVL": 835.5, "H100 PCIe": 756.5, "H200": 989.4, "H100": 989.4,
+                    "GH200": 989.4, "A100": 312.0, "L40S": 362.05, "A10G": 70.0}
 TEXT_LENGTH = {"image": 40, "para": 64, "region": 40}
 MASKS = {"image": 12, "para": 20, "region": 12}
 
@@ -214,7 +217,10 @@ def free_memory() -> None:
 
     gc.collect()
     if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:  # after a sticky CUDA error this raises too; the row already says what happened
+            pass
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -254,23 +260,39 @@ def main(argv=None) -> int:
     print(f"device {peak_source}; {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M parameters; "
           f"built in {time.perf_counter() - started:.0f} s", flush=True)
     rows: list[dict] = []
+    facts = _machine_facts()
+
+    def save(quiet: bool = True) -> None:
+        """The JSON so far: written after every row, so a run killed at its time limit keeps what it measured."""
+        result = {"bench": "gpu_pretrain_step", "device": peak_source, "peak_flops": peak, "rows": rows,
+                  "grad_checkpointing": args.grad_checkpointing, "size": args.size,
+                  "elapsed_s": time.perf_counter() - started, "machine": facts, "command": " ".join(sys.argv)}
+        common.write_json(result, args.json, quiet=quiet)
+
+    # A time limit's SIGTERM becomes an exception, so the finally below still prints and saves.
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        run_all(args, model, optimizer, shape, device, peak, started, rows)
+        run_all(args, model, optimizer, shape, device, peak, started, rows, on_row=save)
     finally:  # whatever happened, what was measured is printed and saved
+        signal.signal(signal.SIGTERM, previous)
         common.print_table([r for r in rows if "median_s" in r],
                            [("kind", "kind"), ("batch", "batch"), ("compiled", "compiled"), ("median_s", "step s"),
                             ("samples_per_s", "samples/s"), ("tflops", "TFLOP/s"), ("mfu", "MFU"),
                             ("peak_mem_gib", "peak GiB"), ("counter_vs_formula", "counter/formula")])
-        result = {"bench": "gpu_pretrain_step", "device": peak_source, "peak_flops": peak, "rows": rows,
-                  "grad_checkpointing": args.grad_checkpointing, "size": args.size,
-                  "elapsed_s": time.perf_counter() - started, "machine": common.machine_facts(),
-                  "command": " ".join(sys.argv)}
-        common.write_json(result, args.json)
+        save(quiet=False)
     return 0
 
 
-def run_all(args, model, optimizer, shape, device, peak, started, rows: list) -> None:
-    """Every (kind, batch size) in turn within the time budget, then the optional compiled run; appends rows."""
+def _machine_facts() -> dict:
+    try:
+        return common.machine_facts()
+    except Exception as err:  # noqa: BLE001 - the figures matter more than the machine description
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def run_all(args, model, optimizer, shape, device, peak, started, rows: list, on_row=lambda: None) -> None:
+    """Every (kind, batch size) in turn within the time budget, then the optional compiled run; appends rows
+    (calling ``on_row`` after each)."""
     import torch
 
     fitted = {}
@@ -280,23 +302,37 @@ def run_all(args, model, optimizer, shape, device, peak, started, rows: list) ->
                 rows.append({"kind": kind, "batch": batch_size, "status": "skipped (time budget)"})
                 continue
             row = {"kind": kind, "batch": batch_size, "compiled": False}
+            rows.append(row)  # in the saved JSON as "running" until it is measured
+            row.update(status="running")
+            on_row()
             row.update(guarded(measure_one, model, optimizer, kind, batch_size, shape, device, args, peak,
                                count=batch_size == min(args.batches)))
-            rows.append(row)
             print(_row_line(row), flush=True)
+            on_row()
             if row["status"] != "ok":
                 break  # larger batches of this kind would fail the same way
             fitted[kind] = batch_size
     if args.profile and "image" in fitted and time.perf_counter() - started < args.budget_s:
         rows.append({"kind": "image", "batch": fitted["image"], "profile": guarded(
             profile_one, model, optimizer, fitted["image"], shape, device)})
+        on_row()
+    if not (args.compile and "image" in fitted):
+        return
     # Compiling the full model takes minutes: only when at least half of the budget is left.
-    if args.compile and "image" in fitted and time.perf_counter() - started < args.budget_s / 2:
-        row = {"kind": "image", "batch": fitted["image"], "compiled": True}
-        row.update(guarded(measure_one, torch.compile(model), optimizer, "image", fitted["image"], shape, device,
-                           args, peak))
-        rows.append(row)
-        print(_row_line(row), flush=True)
+    row = {"kind": "image", "batch": fitted["image"], "compiled": True}
+    rows.append(row)
+    if time.perf_counter() - started >= args.budget_s / 2:
+        row["status"] = "skipped (less than half of the time budget left)"
+        on_row()
+        return
+    row["status"] = "running (compiling)"
+    on_row()
+    compile_started = time.perf_counter()
+    row.update(guarded(measure_one, torch.compile(model), optimizer, "image", fitted["image"], shape, device,
+                       args, peak))
+    row["with_compile_s"] = time.perf_counter() - compile_started  # compile + warm-up + timed steps
+    print(_row_line(row), flush=True)
+    on_row()
 
 
 def guarded(fn, *args, **kwargs) -> dict:

@@ -105,8 +105,8 @@ def check_hard_negatives(negatives: HardNegatives, batch_size: int) -> HardNegat
 def matching_loss(pos_logits: torch.Tensor, neg_logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the ITM head: label 1 for the positives, 0 for the negatives."""
     logits = torch.cat([pos_logits, neg_logits], dim=0)
-    labels = torch.cat([torch.ones(pos_logits.shape[0], dtype=torch.long),
-                        torch.zeros(neg_logits.shape[0], dtype=torch.long)]).to(logits.device)
+    labels = torch.cat([torch.ones(pos_logits.shape[0], dtype=torch.long, device=logits.device),
+                        torch.zeros(neg_logits.shape[0], dtype=torch.long, device=logits.device)])
     return F.cross_entropy(logits, labels)
 
 

@@ -158,9 +158,12 @@ class _OnePassBiasWindowAttention(WindowAttention):
 
     def _fused_attention(self, q, k, v, bias) -> torch.Tensor:
         """The same attention through SDPA (on CUDA its memory-efficient kernel also gives the bias gradient)."""
+        bias = bias.to(q.dtype)
         if bias.dim() == 5:  # 1 x nW x heads x N x N: one copy per image of the windows' bias + mask
             bias = bias.expand(q.shape[0] // bias.shape[1], *bias.shape[1:]).reshape(q.shape[0], *bias.shape[2:])
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype).expand(q.shape[0], -1, -1, -1),
+        # Unshifted blocks pass the 1 x heads x N x N bias as it is (broadcast by SDPA): an expanded copy would be
+        # materialised when the memory-efficient kernel pads the mask's last dimension, and kept for the backward.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                               dropout_p=self.attn_drop.p if self.training else 0.0,
                                               scale=self.scale)
 

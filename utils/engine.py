@@ -88,8 +88,9 @@ class StepContext:
         """Autocast, and skip DDP's gradient all-reduce unless the next backward completes an update."""
         stack = contextlib.ExitStack()
         t = self._t
-        if t.accum > 1 and (t.micro + 1) % t.accum != 0 and hasattr(t.model, "no_sync"):
-            stack.enter_context(t.model.no_sync())
+        ddp = getattr(t.model, "_orig_mod", t.model)  # under run.compile the DDP wrapper is inside
+        if t.accum > 1 and (t.micro + 1) % t.accum != 0 and hasattr(ddp, "no_sync"):
+            stack.enter_context(ddp.no_sync())
         stack.enter_context(autocast_context(t.precision, t.env.device))
         return stack
 
@@ -168,18 +169,21 @@ class Trainer:
         if run.get("grad_checkpointing"):
             enable_grad_checkpointing(model)
         wrapped = model
-        if run.get("compile"):
-            wrapped = torch.compile(wrapped)
         if self.env.world_size > 1:
             ids = [self.env.device.index] if self.env.device.type == "cuda" else None
             wrapped = nn.parallel.DistributedDataParallel(
                 wrapped, device_ids=ids, find_unused_parameters=bool(run.get("find_unused_parameters", False)))
+        if run.get("compile"):
+            # compile(DDP(model)): dynamo splits the graph at DDP's buckets, so gradient all-reduces overlap the
+            # backward (DDP(compile(model)) would all-reduce only after the whole compiled backward)
+            wrapped = torch.compile(wrapped)
         return wrapped
 
     # ---------------------------------------------------------------- updates
     def backward(self, losses) -> bool:
         loss = total_loss(losses)
-        if not torch.isfinite(loss.detach()).all() and self.scaler is None:
+        # (fp16: the scaler skips non-finite steps itself; testing it first spares a host read of the loss.)
+        if self.scaler is None and not torch.isfinite(loss.detach()).all():
             named = {k: float(v.detach()) for k, v in losses.items()} if isinstance(losses, Mapping) else {}
             raise FloatingPointError(f"non-finite loss at step {self.state.step} (epoch {self.state.epoch}): "
                                      f"{named or float(loss.detach())}")

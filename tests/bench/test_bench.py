@@ -96,3 +96,28 @@ def test_gpu_script_runs_on_cpu_and_writes_its_profile(tmp_path, monkeypatch):
     assert rows[0]["status"] == "ok" and rows[0]["median_s"] > 0
     assert rows[-1]["profile"]["status"] == "ok"
     assert "aten::" in (tmp_path / "gpu_profile.txt").read_text()
+
+
+def test_gpu_script_saves_each_row_as_it_goes(tmp_path, monkeypatch):
+    """A run cut short (a device time limit) keeps the rows measured so far: the JSON is rewritten after each."""
+    import json
+
+    gpu = load("gpu_pretrain_step")
+    monkeypatch.setenv("OUT", str(tmp_path))
+    real, seen = gpu.measure_one, []
+
+    def measure_then_stop(*args, **kwargs):
+        if seen:  # the second measurement: what was saved before it started must hold the first row
+            saved = json.loads((tmp_path / "gpu_pretrain_step.json").read_text())["rows"]
+            seen.append([(r["batch"], r["status"]) for r in saved])
+            raise KeyboardInterrupt  # stands in for the SIGTERM of a time limit (the script maps it to an exit)
+        seen.append("first")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpu, "measure_one", measure_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(["--allow-cpu", "--size", "small", "--batches", "2", "4", "--steps", "1", "--warmup", "1",
+                  "--kinds", "image", "--no-profile"])
+    assert seen[1] == [(2, "ok"), (4, "running")]
+    final = json.loads((tmp_path / "gpu_pretrain_step.json").read_text())["rows"]  # written by the finally
+    assert [(r["batch"], r["status"]) for r in final] == [(2, "ok"), (4, "running")]
