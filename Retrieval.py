@@ -40,7 +40,7 @@ def load_data(config: dict, root: Path) -> RetrievalData:
     return load_fewshot_data("caption_json", config, root, files)
 
 
-TASK = RetrievalTask(SPEC, "Image-text retrieval (Multi30K / MSCOCO)", load_data)
+TASK = RetrievalTask(SPEC, "Image-text retrieval (Multi30K / MSCOCO)", load_data, iglue=False)
 
 
 def main(argv=None) -> dict:

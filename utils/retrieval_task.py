@@ -374,8 +374,9 @@ def set_sizes(data: RetrievalData) -> dict:
 
 
 def write_retrieval_results(output_dir: Path, metrics: Mapping, data: RetrievalData, title: str,
-                            extra: Mapping) -> dict:
-    """results.json / results.md: test rows per language (the nine reference metrics) + the IGLUE average."""
+                            extra: Mapping, iglue: bool = True) -> dict:
+    """results.json / results.md: test rows per language (the nine reference metrics) + the IGLUE average (IGLUE's
+    tasks only: Multi30K and MSCOCO are not IGLUE benchmarks)."""
     rows = split_rows(metrics, "test", data.test)
     note = ("Values are percentages: recall@K of image->text (txt_r) and text->image (img_r) retrieval, two-stage "
             "(the contrastive top k_test re-ranked by the matching head). Best epoch: "
@@ -383,7 +384,7 @@ def write_retrieval_results(output_dir: Path, metrics: Mapping, data: RetrievalD
     payload = {**extra, "protocol": data.protocol, "selection": data.selection.describe(),
                "selection_metric": data.selection.metric, "val": split_rows(metrics, "val", data.val),
                "test_itc_only": itc_rows(metrics, "test", data.test), "sizes": set_sizes(data), **data.details}
-    return write_results(output_dir, rows, primary="r_mean", title=title, note=note, extra=payload)
+    return write_results(output_dir, rows, primary="r_mean", title=title, note=note, extra=payload, iglue=iglue)
 
 
 # ---------------------------------------------------------------------------------------------------- the run
@@ -396,6 +397,7 @@ class RetrievalTask:
     title: str
     load_data: Callable[[dict, Path], RetrievalData]   # (config, data root) -> data
     prepare_data: Callable[[dict, Path], None] | None = None  # rank 0, before load_data (e.g. WIT's image join)
+    iglue: bool = True  # an IGLUE benchmark: results carry the IGLUE average over the non-English languages
 
 
 def best_metrics(trainer: Trainer, run: ScheduledEvaluation, evaluator: RetrievalEvaluator, model,
@@ -443,7 +445,8 @@ def run_retrieval_task(task: RetrievalTask, argv=None) -> dict:
             metrics = evaluate_without_training(model, evaluator, config, env.device)
             if not env.is_main:
                 return {}
-            return write_retrieval_results(run.output_dir, metrics, data, task.title, {**extra, "evaluate_only": True})
+            return write_retrieval_results(run.output_dir, metrics, data, task.title, {**extra, "evaluate_only": True},
+                                           iglue=task.iglue)
         if data.train is None:
             raise ValueError(f"{task.spec.name}: no training data (train_file is empty)")
         return _train(task, config, env, run.output_dir, data, model, tokenizer, evaluator, extra)
@@ -487,5 +490,6 @@ def _train(task, config, env, output_dir: Path, data: RetrievalData, model, toke
                                    {**extra, **facts, "steps": trainer.state.step, "steps_per_epoch": steps,
                                     "batch_size_train": batch, "world_size": get_world_size(),
                                     "epochs": trainer.epochs, "evaluations": history,
-                                    "last": split_rows(last, "test", data.test) if last else {}})
+                                    "last": split_rows(last, "test", data.test) if last else {}},
+                                   iglue=task.iglue)
 
