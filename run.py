@@ -3,7 +3,8 @@
 
 The task name selects a script and its default config from ``TASKS``. The script runs under torchrun
 (``python -m utils.launch``: torch.distributed.run's launcher, started as an argument list, never through a shell,
-without the launcher's traceback when a worker fails) and ``run.py`` exits with the first failed worker's exit code. ``--dry-run`` prints the exact command instead of running it.
+without the launcher's traceback when a worker fails) and ``run.py`` exits with the first failed worker's exit code.
+``--dry-run`` prints the exact command instead of running it.
 """
 from __future__ import annotations
 

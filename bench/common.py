@@ -122,6 +122,7 @@ def write_json(result: dict, path: str | os.PathLike | None, quiet: bool = False
         if target.is_dir():
             target = target / f"{result.get('bench', 'bench')}.json"
         target.parent.mkdir(parents=True, exist_ok=True)
+        # (not utils.results' writer: sys.path may start at another checkout whose utils differ)
         tmp = target.with_name(target.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=1, default=str))
         os.replace(tmp, target)

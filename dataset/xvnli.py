@@ -4,7 +4,8 @@ Items are ``(image tensor, hypothesis str, label int)``: the hypothesis (``sente
 ``pre_caption(., 80)`` and left as a string for the task script to tokenise; the text premise ``sentence1`` is unused.
 Labels: contradiction 0, entailment 1, neutral 2. Lines without a consensus label (``-``, IGLUE's marker, or empty)
 are dropped and counted in ``dataset.dropped``; any other label is an error naming the line (the reference dropped
-every unknown label, so a misspelt one silently shrank the data). The image key is spelled ``Flikr30kID`` (sic) in the IGLUE files.
+every unknown label, so a misspelt one silently shrank the data). The image key is spelled ``Flikr30kID`` (sic) in
+the IGLUE files.
 
 Expected layout (relative to the data root)::
 
@@ -51,21 +52,22 @@ def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tup
     for line_no, record in iter_jsonl(path):
         at = where(path, line_no)
         require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
-        if not isinstance(record["gold_label"], str):
-            raise AnnotationError(f"{at}: gold_label must be a string, got {type(record['gold_label']).__name__}")
-        if record["gold_label"].strip() in NO_CONSENSUS:
+        label = record["gold_label"]
+        if not isinstance(label, str):
+            raise AnnotationError(f"{at}: gold_label must be a string, got {type(label).__name__}")
+        if label.strip() in NO_CONSENSUS:
             dropped += 1
             continue
-        if record["gold_label"] not in LABELS:
-            raise AnnotationError(f"{at}: gold_label {record['gold_label']!r} is not one of {sorted(LABELS)} "
-                                  f"(or '-' for no consensus)")
+        if label not in LABELS:
+            raise AnnotationError(f"{at}: gold_label {label!r} is not one of {sorted(LABELS)} "
+                                  "(or '-' for no consensus)")
         hypothesis = string_field(record, "sentence2", at)
         try:
             hypothesis = pre_caption(hypothesis, max_words)
         except ValueError as e:
             raise AnnotationError(f"{at}: hypothesis {record['sentence2']!r} is empty after cleaning ({e})") from e
         image = str(Path(image_root) / f"{record_key(record[IMAGE_KEY], at)}.jpg")
-        examples.append(XVNLIExample(image, hypothesis, LABELS[record["gold_label"]], at))
+        examples.append(XVNLIExample(image, hypothesis, LABELS[label], at))
     return examples, dropped
 
 

@@ -119,7 +119,9 @@ class DomainArrangement(NamedTuple):
 
 
 def domain_negative_weights(sim: torch.Tensor) -> torch.Tensor:
-    """The domain step's negative-sampling weights: the row softmax of the image-image logits, diagonal zeroed."""
+    """The domain step's negative-sampling weights: the row softmax of the image-image logits, diagonal zeroed (the
+    reference's; unlike ITM's weights no + 1e-5, which would pull the draw towards uniform: the self-similarity
+    leaves the other weights near 1e-5)."""
     return F.softmax(sim, dim=1).fill_diagonal_(0)
 
 
@@ -129,10 +131,9 @@ def draw_domain_arrangement(image_feat: torch.Tensor, temp: float = DOMAIN_NEGAT
     """Arrange a batch of captions with hard-negative images drawn from the image-image similarities.
 
     ``image_feat`` (B x D) are L2-normalised. Two distinct negatives per row come from one multinomial draw over
-    softmax(sim / temp) with the diagonal zeroed (the reference's weights: unlike ITM's, no + 1e-5, which would pull
-    the draw towards uniform, since the self-similarity leaves the other weights near 1e-5); then, per row, a uniform draw picks a pair (2/3) or
-    "neither" (1/3) and a second one the side of the own image in a pair. Nothing is read on the host, so the
-    draw stays on the device (and in one compiled graph).
+    :func:`domain_negative_weights`; then, per row, a uniform draw picks a pair (2/3) or "neither" (1/3) and a second
+    one the side of the own image in a pair. Nothing is read on the host, so the draw stays on the device (and in
+    one compiled graph).
     """
     bs = image_feat.shape[0]
     if bs < 3:

@@ -23,7 +23,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """The original README's flags plus ours (--resume, --opts, --device); run.py forwards them unchanged."""
     parser.add_argument("--config", default=None, help="YAML config (default: the task's)")
     parser.add_argument("--output_dir", default=None, help="where checkpoints, logs and results go")
-    parser.add_argument("--bs", type=int, default=None, help="global training batch, split over processes (default: config)")
+    parser.add_argument("--bs", type=int, default=None,
+                        help="global training batch, split over processes (default: config)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (rank is added per process)")
     parser.add_argument("--epoch", type=int, default=None, help="number of epochs (default: config)")
     parser.add_argument("--checkpoint", default=None, help="weights to start from (released CCLM .th or ours)")

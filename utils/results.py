@@ -122,5 +122,6 @@ def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapp
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(output_dir / "results.json", text)
-    write_text_atomically(output_dir / "results.md", results_markdown(per_language, primary, title, iglue, note, row_name))
+    write_text_atomically(output_dir / "results.md",
+                          results_markdown(per_language, primary, title, iglue, note, row_name))
     return payload

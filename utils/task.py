@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from utils.config import ConfigError
 from utils.dist import barrier, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def load_starting_weights(model, config: Mapping) -> None:
     evaluate = bool(config.get("evaluate"))
     if not path:
         if evaluate:
-            from utils.config import ConfigError
-
             raise ConfigError("--evaluate needs --checkpoint (the fine-tuned weights to evaluate)")
         if getattr(model, "task", None) not in (None, "pretrain"):
             logger.warning("no --checkpoint: fine-tuning starts from the text encoder's and the vision config's "
@@ -88,10 +87,8 @@ def load_starting_weights(model, config: Mapping) -> None:
     kwargs = {"is_eval": True} if evaluate and _accepts(model.load_pretrained, "is_eval") else {}
     report = model.load_pretrained(path, **kwargs)
     logger.info("loaded %s: %s", path, report)
-    untrained = list(getattr(report, "missing", []) or []) + list(getattr(report, "initialised", []) or [])
+    untrained = list(report.missing) + list(getattr(report, "initialised", []))  # initialised: task models only
     if evaluate and untrained:
-        from utils.config import ConfigError
-
         raise ConfigError(f"--evaluate: {path} does not hold these weights of the "
                           f"{getattr(model, 'task', 'task')} model, which would be evaluated at random initialisation: "
                           f"{', '.join(untrained[:8])}{' ...' if len(untrained) > 8 else ''} "

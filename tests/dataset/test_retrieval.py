@@ -209,7 +209,8 @@ def test_xflickrco_eval_skips_lines_whose_sentences_are_all_empty(tmp_path, flic
                     '{"sentences": [null], "id": 4, "img_path": "4.jpg"}\n'
                     '{"sentences": ["A man"], "id": 2, "img_path": "COCO_val2014_2.jpg"}\n')
     data = read_eval_data("xflickrco", path, flickrco_roots)
-    assert data.skipped == 3 and data.texts == ["a man"] and str(data.images[0].path).endswith("val2014/COCO_val2014_2.jpg")
+    assert data.skipped == 3 and data.texts == ["a man"]
+    assert str(data.images[0].path).endswith("val2014/COCO_val2014_2.jpg")
 
 
 @pytest.mark.parametrize("fmt,record,message", [
@@ -223,7 +224,8 @@ def test_wrong_field_types_name_file_and_line(tmp_path, flickrco_roots, fmt, rec
     path.write_text(json.dumps({"sentences": ["ok"], "id": 0, "img_path": "0.jpg", "image_url": "https://x/0.jpg",
                                 "caption_reference_description": "ok"}) + "\n" + json.dumps(record) + "\n")
     with pytest.raises(AnnotationError, match=re.escape(f"t.jsonl:2: {message}")):
-        read_eval_data(fmt, path, ImageRoots(flickr30k=flickrco_roots.flickr30k, coco=flickrco_roots.coco, wit=tmp_path))
+        read_eval_data(fmt, path, ImageRoots(flickr30k=flickrco_roots.flickr30k, coco=flickrco_roots.coco,
+                                             wit=tmp_path))
 
 
 def test_caption_json_image_must_be_a_string(tmp_path):

@@ -182,28 +182,26 @@ def _rerank_worker(rank, world, port, out_dir, disagree=False):
     cleanup_distributed()
 
 
-def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path):
-    """Each process scores its block of the distinct pairs; every process ends with the whole rankings."""
-    run_ranks(_rerank_worker, 3, str(tmp_path))
+def assert_every_rank_has_the_one_process_rankings(out_dir, world):
     img, txt = random_encoded()
     expected = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
-    for rank in range(3):
-        got = torch.load(tmp_path / f"ranked{rank}.pt", weights_only=True)
+    for rank in range(world):
+        got = torch.load(out_dir / f"ranked{rank}.pt", weights_only=True)
         for direction in ("i2t", "t2i"):
             assert torch.equal(got[direction][0], expected[direction][0]), (rank, direction)
             torch.testing.assert_close(got[direction][1], expected[direction][1])
+
+
+def test_pairs_split_over_three_processes_give_the_one_process_rankings(tmp_path):
+    """Each process scores its block of the distinct pairs; every process ends with the whole rankings."""
+    run_ranks(_rerank_worker, 3, str(tmp_path))
+    assert_every_rank_has_the_one_process_rankings(tmp_path, 3)
 
 
 def test_ranks_use_rank_zeros_candidates(tmp_path):
     """Candidate lists that differ between ranks would misalign the gathered scores: rank 0's are used everywhere."""
     run_ranks(_rerank_worker, 2, str(tmp_path), True)
-    img, txt = random_encoded()
-    expected = rerank_topk(FakeFusion().eval(), img, txt, 5, 7)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"ranked{rank}.pt", weights_only=True)
-        for direction in ("i2t", "t2i"):
-            assert torch.equal(got[direction][0], expected[direction][0]), (rank, direction)
-            torch.testing.assert_close(got[direction][1], expected[direction][1])
+    assert_every_rank_has_the_one_process_rankings(tmp_path, 2)
 
 
 def test_unknown_direction_is_an_error():
