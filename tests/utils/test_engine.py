@@ -194,6 +194,35 @@ def test_rng_state_for_rank_when_the_world_size_changes():
     assert ckpt.rng_state_for_rank({"rng": one, "rng_per_rank": None}, 1, 2) is None  # older: rank 0's state only
 
 
+def _compiled_ddp_worker(rank, world, port, out_dir):
+    from utils.dist import cleanup_distributed
+
+    env = join_group(rank, world, port)
+    cfg = config(epochs=1)
+    cfg["run"]["compile"] = True
+    cfg["accelerator"]["GRAD_ACCUMULATE_STEPS"] = 2
+    t = make_trainer(cfg, out_dir, env=env, batch_size=4, dropout=0.0)
+    # compile(DDP(model)): dynamo splits the graph at DDP's buckets (all-reduce overlaps the backward)
+    assert isinstance(t.model._orig_mod, torch.nn.parallel.DistributedDataParallel)
+    t.fit()
+    if rank == 0:
+        torch.save(t.raw_model.state_dict(), os.path.join(out_dir, "final.pt"))
+    cleanup_distributed()
+
+
+def test_compiled_ddp_with_accumulation_equals_one_process(tmp_path):
+    """run.compile under DDP: the compiled DDP model, with no_sync on the accumulation steps, ends where one process
+    on the global batch does."""
+    cfg = config(epochs=1)
+    cfg["accelerator"]["GRAD_ACCUMULATE_STEPS"] = 2
+    single = make_trainer(cfg, tmp_path / "single", batch_size=8, dropout=0.0)
+    single.fit()
+    run_ranks(_compiled_ddp_worker, 2, str(tmp_path / "ddp"), timeout=600)
+    got = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
+    for k, v in params(single.raw_model).items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_run_grad_checkpointing_reaches_the_model(tmp_path):
     from tests.utils.toy_task import ToyModel
     from utils.engine import enable_grad_checkpointing
