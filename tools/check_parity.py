@@ -27,9 +27,15 @@ from models.checkpoint import reference_to_ours  # noqa: E402
 from models.factory import create_model  # noqa: E402
 from models.losses import HardNegatives  # noqa: E402
 
-LOSS_RTOL = 1e-5      # |ours - ref| <= LOSS_RTOL * |ref|
+# The tolerances allow float32 rounding on another CPU, not a different computation. The golden values were made on
+# one CPU; fp32 kernels of other CPUs (AVX2, AVX-512, AMX) block their sums differently. The most sensitive value is
+# the text-text contrastive loss (its logits are similarities divided by a small temperature): the golden
+# fp32 loss_ttc is 2.3e-5 (relative) from the same computation in float64, and the gradient of ``temp`` (a sum of
+# nearly cancelling terms) moves by up to 3e-3 of its norm between CPUs. Any real difference of computation shows up
+# orders of magnitude above these (a wrong mask, scale or sign moves losses by 1e-2 or more).
+LOSS_RTOL = 5e-5      # |ours - ref| <= LOSS_RTOL * |ref|
 TENSOR_ATOL = 1e-5    # max |ours - ref| <= TENSOR_ATOL
-GRAD_RTOL = 2e-3      # ||ours - ref|| <= GRAD_RTOL * ||ref||
+GRAD_RTOL = 5e-3      # ||ours - ref|| <= GRAD_RTOL * ||ref||
 GOLDEN_FILES = ("tiny_state.pt", "tiny_inputs.pt", "tiny_losses.json", "tiny_outputs.pt", "tiny_grads.pt")
 
 

@@ -13,16 +13,16 @@ def test_parity_on_the_golden_fixture(golden_dir, capsys):
 
 
 @pytest.mark.slow
-def test_parity_with_the_eager_kernel_is_bit_exact_in_the_forward(golden_dir, capsys):
+def test_parity_with_the_eager_kernel(golden_dir, capsys):
     assert main([str(golden_dir), "--attn", "eager"]) == 0
     losses = [line for line in capsys.readouterr().out.splitlines() if ".loss_" in line]
-    assert len(losses) == 12 and all("rel=0.00e+00" in line for line in losses)
+    assert len(losses) == 12 and all(line.startswith("[PASS]") for line in losses)
 
 
 def test_loss_check_flags_a_miss_and_a_missing_loss(capsys):
     tally = Tally()
     check_losses("x", {"loss_itc": torch.tensor(1.0), "loss_itm": torch.tensor(2.0)},
-                 {"loss_itc": 1.0 + 2e-5, "loss_mlm": 3.0}, tally)
+                 {"loss_itc": 1.0 + 1e-4, "loss_mlm": 3.0}, tally)
     assert (tally.passed, tally.total) == (0, 3)
     assert capsys.readouterr().out.count("[FAIL]") == 3
 
@@ -49,6 +49,6 @@ def test_grad_check_uses_the_relative_norm_tolerance(capsys):
     tally = Tally()
     check_grads("a", model, {"temp": torch.tensor(1.0)}, tally)
     assert (tally.passed, tally.total) == (1, 1)
-    model.temp.grad = torch.tensor(1.003)
+    model.temp.grad = torch.tensor(1.006)
     check_grads("a", model, {"temp": torch.tensor(1.0), "text_proj.weight": torch.ones(2)}, tally)
     assert (tally.passed, tally.total) == (1, 3)
