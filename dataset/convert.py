@@ -26,10 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from utils.errors import UserError
+
 PathLike = str | os.PathLike
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file is missing, malformed, or has a record the loaders cannot use (message names file/line)."""
 
 

@@ -59,12 +59,14 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError, ValueError):
     """A record that cannot be used; the message starts with ``file:line``."""
 
     def __init__(self, message: str, where: Any = ""):
@@ -72,7 +74,7 @@ class BadRecordError(ValueError):
         super().__init__(f"{self.where}: {message}" if self.where else message)
 
 
-class BadDataError(RuntimeError):
+class BadDataError(UserError, RuntimeError):
     """Too many bad records were skipped."""
 
 

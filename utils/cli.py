@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 from utils.config import ConfigError, dump_config, load_config, set_by_path
 from utils.dist import DistEnv, init_distributed, world_info_from_env
 from utils.engine import seed_everything
+from utils.errors import USER_ERROR_EXIT_CODE, UserError
 from utils.logging import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -142,12 +143,9 @@ def run_script(main: Callable[[list], object]) -> None:
     """A task script's entry point: ``main(sys.argv[1:])``, then exit 0. A user error (a bad config, flag,
     annotation or data record, a missing file) ends the process with one logged line naming it and exit code 2,
     instead of a traceback that torchrun would bury under its own."""
-    from dataset.convert import AnnotationError
-    from dataset.shards import BadDataError, BadRecordError
-
     try:
         main(sys.argv[1:])
-    except (ConfigError, AnnotationError, BadRecordError, BadDataError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:
         logger.error("%s: %s", type(e).__name__, e)
-        sys.exit(2)
+        sys.exit(USER_ERROR_EXIT_CODE)
     sys.exit(0)

@@ -17,11 +17,13 @@ from typing import Any, Iterable, Mapping
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from utils.errors import UserError
+
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 BASE_KEY = "base"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is malformed or sets a key the task does not know."""
 
 
