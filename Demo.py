@@ -40,12 +40,12 @@ from dataset.transforms import build_transform
 from models.factory import create_model
 from models.heads import clamp_temperature_
 from models.losses import sample_hard_negatives
+from models.ranking import (CCLMView, contrastive_topk, encode_images, encode_texts, evaluate_retrieval,
+                            retrieval_metrics)
 from utils.cli import TaskSpec, run_script, setup_run
 from utils.demo_plots import plot_recall_curves, plot_training_curves
 from utils.dist import cleanup_distributed
 from utils.engine import StepContext, Trainer
-from utils.evaluation import (CCLMView, contrastive_topk, encode_images, encode_texts, evaluate_retrieval,
-                              retrieval_metrics)
 from utils.logging import setup_logging
 from utils.results import write_results
 from utils.task import load_starting_weights, prepare_text_encoder, resolve_data_root
@@ -63,7 +63,7 @@ ARM_FILE = "arm.json"   # an arm's metrics, curve and log records, as the report
 HELDOUT_FILE = "data/finetune/multi30k/test_2016_flickr.{lang}.json"
 # The targets, stated for 200 held-out scenes (percent R@1, text->image).
 TARGET_EN_R1, TARGET_RATIO, TARGET_ABLATION_MAX = 50.0, 0.6, 5.0
-# (column, metric key of utils.evaluation, header): text->image is img_r*, image->text is txt_r*
+# (column, metric key of models.ranking, header): text->image is img_r*, image->text is txt_r*
 COLUMNS = [("t2i", "itc_img_r", "T->I sim"), ("t2i_itm", "img_r", "T->I ITM"),
            ("i2t", "itc_txt_r", "I->T sim"), ("i2t_itm", "txt_r", "I->T ITM")]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Two-stage retrieval evaluation time: the batched re-rank of utils.evaluation vs one query at a time.
+"""Two-stage retrieval evaluation time: the batched re-rank of models.ranking vs one query at a time.
 
     python3 bench/retrieval_eval.py GOLDEN_DIR [--images 100] [--texts-per-image 5] [--k-test 32] [--threads 2]
 
@@ -12,7 +12,7 @@ world's grammar, tokenised with the synthetic world's tokenizer (its ids fit bot
 All paths start from the same encodings (timed once, as "encode"). The one-query loop is the reference's
 algorithm: for every query, one fusion forward over its ``k_test`` candidates (the query repeated k times), scores
 written into a dense -100 matrix, rows sorted (equal scores: lower index first). The batched path is
-``utils.evaluation.rerank_topk`` through ``utils.evaluation.CCLMView``, as Retrieval.py runs it: the distinct pairs
+``models.ranking.rerank_topk`` through ``models.ranking.CCLMView``, as Retrieval.py runs it: the distinct pairs
 of both directions scored once, sorted by image, ``rerank_batch`` pairs per forward with each image's keys/values
 projected once and a CLS-only last layer. The ranks of both paths are compared query by query: identical, or
 differing only in the order of candidates whose scores agree to 1e-6 (relative; float32 rounding of a different
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     import torch
 
     from dataset.tokenizer import load_tokenizer
-    from utils.evaluation import CCLMView, encode_images, encode_texts, rerank_topk
+    from models.ranking import CCLMView, encode_images, encode_texts, rerank_topk
 
     torch.set_num_threads(args.threads)
     model = build_golden_model(golden) if args.model == "golden" else build_config_model(config, root)

@@ -8,7 +8,7 @@ and the annotation file/line that refers to it.
 Training items are ``(image, caption, idx)`` where ``idx`` is the dense index of the caption's image (captions of the
 same image, in any language, share it: they are positives for ITC and never ITM negatives). Evaluation datasets hold
 one image per item, ``(image, image_index)``, and expose ``texts``, ``images``, ``img2txt``, ``txt2img`` for
-:func:`utils.evaluation.retrieval_metrics` (the two-stage evaluator's recall); one evaluation dataset per language
+:func:`models.ranking.retrieval_metrics` (the two-stage evaluator's recall); one evaluation dataset per language
 (:func:`load_retrieval_eval` returns ``{language: dataset}``).
 
 Expected layout (relative to the data root, the reference's working directory):

@@ -52,7 +52,7 @@ def best_gt_ranks(scores: np.ndarray, ground_truth: Sequence[Sequence[int]]) -> 
 
     Rank = number of non-ground-truth candidates scored at least as high as the best ground truth, so ties are
     broken against the ground truth (a model gets no credit for a tie; the reference's argsort left ties to chance).
-    This is the dense-matrix check; the two-stage evaluator (:func:`utils.evaluation.order_by_score`) puts the
+    This is the dense-matrix check; the two-stage evaluator (:func:`models.ranking.order_by_score`) puts the
     lower candidate index first on a tie, so the two agree except on exact ties.
     """
     ranks = np.empty(len(ground_truth), dtype=np.int64)

@@ -28,13 +28,13 @@ from dataset.retrieval import (ImageRoots, RetrievalEvalData, RetrievalEvalDatas
 from dataset.tokenizer import load_tokenizer
 from dataset.transforms import build_transform
 from models.factory import create_model
+from models.ranking import CCLMView, EncodedImages, encode_images, encode_texts, evaluate_retrieval
 from utils.checkpoint import BEST, load_file, model_state_from_file
 from utils.cli import TaskSpec, key_of_test_files, setup_run
 from utils.config import ConfigError
 from utils.data import build_loader, set_loader_epoch
 from utils.dist import barrier, cleanup_distributed, get_world_size
 from utils.engine import Trainer
-from utils.evaluation import CCLMView, EncodedImages, encode_images, encode_texts, evaluate_retrieval
 from utils.logging import append_jsonl
 from utils.precision import autocast_context, resolve_precision
 from utils.results import write_results

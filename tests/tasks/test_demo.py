@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import Demo
-from utils.evaluation import CCLMView
 from dataset.convert import AnnotationError
+from models.ranking import CCLMView
 from utils.demo_plots import loss_series, plot_recall_curves, plot_training_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -14,8 +14,8 @@ import xFlickrCO
 from dataset.retrieval import RetrievalEvalData, wit_image_file_name
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
+from models.ranking import CCLMView, encode_images, encode_texts, rerank_topk
 from utils.config import ConfigError, load_config
-from utils.evaluation import CCLMView, encode_images, encode_texts, rerank_topk
 from utils.retrieval_task import (TrainCollate, choose_selection, eval_due, fewshot_selection,
                                   language_files, load_standard_data, per_process_batch, subset_eval_data)
 from utils.task import prepare_text_encoder, resolve_data_root

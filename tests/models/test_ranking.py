@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.evaluation import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
-                              rerank_topk, retrieval_metrics, shard_rows)
+from models.ranking import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
+                            rerank_topk, retrieval_metrics, shard_rows)
 from tests.processes import join_group, run_ranks
 from tests.retrieval_reference import one_query_at_a_time as reference_loop
 from utils.metrics import retrieval_recall
