@@ -38,7 +38,7 @@ POSITIONS = ("left", "right", "top", "bottom", "centre")
 
 def captions(n: int, seed: int = 0) -> list[str]:
     """``n`` English scene captions from the synthetic world's grammar (varied length, 5 templates)."""
-    from dataset.synthetic_language import English, Phrase
+    from dataset.synthetic.language import English, Phrase
 
     rng = random.Random(seed)
     grammar = English()

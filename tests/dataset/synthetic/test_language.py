@@ -1,7 +1,7 @@
 """The synthetic grammars agree in gender, number and case (expected sentences written by hand)."""
 import pytest
 
-from dataset.synthetic_language import CAPTION_TEMPLATES, GRAMMARS, Phrase, grammar
+from dataset.synthetic.language import CAPTION_TEMPLATES, GRAMMARS, Phrase, grammar
 
 RED_CIRCLE_LEFT = (Phrase(1, "circle", "red", "small"), "left")
 BLUE_STARS_RIGHT = (Phrase(2, "star", "blue", "large"), "right")

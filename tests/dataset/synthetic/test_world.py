@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import dataset.synthetic as synthetic
-from dataset.synthetic import ensure_world, generate_world, main, read_manifest
+import dataset.synthetic.world as synthetic
+from dataset.synthetic.world import ensure_world, generate_world, main, read_manifest
 from tests.dataset.schemas import check_file
 
 WORLD = dict(images=30, seed=3)
@@ -378,7 +378,7 @@ def test_heldout_scenes_never_appear_in_training_files(world):
 
 
 def test_tokenizer_trained_on_training_text_only(world):
-    from dataset.synthetic import normalise_for_tokenizer
+    from dataset.synthetic.world import normalise_for_tokenizer
 
     seen = set(world["tokenizer_texts"])
     assert {normalise_for_tokenizer(t) for t in training_texts(world)} & {normalise_for_tokenizer(t) for t in seen}

@@ -9,9 +9,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from dataset.synthetic_language import (AXIS_OF, CAPTION_TEMPLATES, COLOURS, COUNTS, OPPOSITE_SIDE, SHAPES, SIZES,
+from dataset.synthetic.language import (AXIS_OF, CAPTION_TEMPLATES, COLOURS, COUNTS, OPPOSITE_SIDE, SHAPES, SIZES,
                                         UNVERIFIABLE_SENTENCES, English, Grammar, Phrase)
-from dataset.synthetic_scenes import Scene
+from dataset.synthetic.scenes import Scene
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 GQA_ANSWERS = (("yes", "no") + COLOURS + SHAPES + ("left", "right", "top", "bottom") + SIZES)

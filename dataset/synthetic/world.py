@@ -10,12 +10,12 @@ Usage::
     from dataset.synthetic import generate_world, ensure_world
     paths = ensure_world("cache/world", images=200)   # generates only when absent or made with other params
 
-What is in an image (dataset/synthetic_scenes.py): one or two groups of 1-3 identical objects (circle, square,
+What is in an image (dataset/synthetic/scenes.py): one or two groups of 1-3 identical objects (circle, square,
 triangle, star, cross, diamond; red, green, blue, yellow, purple, orange, white, black; small or large) on the
 left/right/top/bottom/centre (two groups sit on opposite sides), on a coloured background with an optional texture.
-Each object has a pixel box. Captions (dataset/synthetic_language.py) describe every group with count, size,
+Each object has a pixel box. Captions (dataset/synthetic/language.py) describe every group with count, size,
 colour, shape and position. There are 5 paraphrase templates per language (en, de, fr, cs, ja, zh) with agreement,
-and Japanese/Chinese have no spaces. Hypotheses, questions and two-image statements (dataset/synthetic_facts.py) are
+and Japanese/Chinese have no spaces. Hypotheses, questions and two-image statements (dataset/synthetic/facts.py) are
 true or false of the scene by construction, and their labels are recomputed from the scene.
 
 Splits: ``images`` scenes = train + val + test (held out; default images // 5, at most 2000; val images // 10, at
@@ -81,7 +81,7 @@ def world_params(images: int = 200, languages=DEFAULT_LANGUAGES, seed: int = 0, 
                  heldout_images: int | None = None, val_images: int | None = None, shards: int = 4,
                  vocab_size: int = 400, pretrain_caption_languages=None, parallel_pairs: int | None = None) -> dict:
     """Check the parameters and fill in the derived defaults (the dict stored in the manifest)."""
-    from dataset.synthetic_language import grammar
+    from dataset.synthetic.language import grammar
 
     languages = _language_list(languages, "languages")
     for lang in languages:
@@ -193,9 +193,9 @@ def _replace_folder(tmp: Path, out: Path) -> None:
 
 
 def _write_world(root: Path, params: dict, progress: bool) -> list[str]:
-    from dataset.synthetic_formats import Corpus, ImagePlacer
-    from dataset.synthetic_scenes import render
-    from dataset.synthetic_tasks import BUILDERS, Context, SceneImage
+    from dataset.synthetic.writers import Corpus, ImagePlacer
+    from dataset.synthetic.scenes import render
+    from dataset.synthetic.builders import BUILDERS, Context, SceneImage
 
     counts = {"train": params["train_images"], "val": params["val_images"], "test": params["heldout_images"]}
     ctx = Context(root=root, seed=params["seed"], languages=tuple(params["languages"]), counts=counts,
@@ -243,7 +243,7 @@ def _unique_scenes(params: dict, split: str, count: int, reserved: set) -> list:
 
 
 def _fresh_scene(params: dict, split: str, index: int, forbidden: set, attempts: int = 2000):
-    from dataset.synthetic_scenes import sample_scene
+    from dataset.synthetic.scenes import sample_scene
 
     for attempt in range(attempts):
         scene = sample_scene(params["seed"], split, index, params["image_size"], attempt)
@@ -261,9 +261,9 @@ def _train_scenes(params: dict, count: int, reserved: set):
 
 def write_parallel_text(ctx, params: dict, reserved: set) -> list[str]:
     """en<->X sentence pairs (captions and region phrases of fresh scene contents, never held-out ones)."""
-    from dataset.synthetic_formats import ShardedJsonl
-    from dataset.synthetic_language import grammar
-    from dataset.synthetic_scenes import sample_groups, scene_rng
+    from dataset.synthetic.writers import ShardedJsonl
+    from dataset.synthetic.language import grammar
+    from dataset.synthetic.scenes import sample_groups, scene_rng
 
     shards = ShardedJsonl(ctx.root, "pretrain/para_text", ctx.shards)
     others = ctx.others

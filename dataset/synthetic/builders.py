@@ -14,12 +14,12 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset.synthetic_facts import (GQA_ANSWERS, Question, caption, caption_templates, pair_statement,
+from dataset.synthetic.facts import (GQA_ANSWERS, Question, caption, caption_templates, pair_statement,
                                      scene_hypotheses, scene_questions, semantic_str)
-from dataset.synthetic_formats import (Corpus, ImagePlacer, JsonDictWriter, JsonListWriter, JsonlWriter,
+from dataset.synthetic.writers import (Corpus, ImagePlacer, JsonDictWriter, JsonListWriter, JsonlWriter,
                                        PhpJsonlWriter, ShardedJsonl)
-from dataset.synthetic_language import SHAPES, Grammar, Phrase, grammar
-from dataset.synthetic_scenes import Scene, encode_jpeg, encode_png, scene_rng
+from dataset.synthetic.language import SHAPES, Grammar, Phrase, grammar
+from dataset.synthetic.scenes import Scene, encode_jpeg, encode_png, scene_rng
 
 SPLITS = ("train", "val", "test")
 IGLUE = "iglue/datasets"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dataset.synthetic_language import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES, Phrase
+from dataset.synthetic.language import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES, Phrase
 
 RGB = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
        "purple": (140, 60, 180), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (25, 25, 25)}
