@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dataset.convert import AnnotationError, iter_jsonl
+from dataset.checked import AnnotationError, iter_jsonl
 from dataset.images import load_image
 from dataset.retrieval import read_caption_json_eval
 from dataset.shards import derived_seed

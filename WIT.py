@@ -3,7 +3,7 @@
 
 Data: IGLUE WIT jsonl with the image as base64 ``image_content`` (``data/wit/annotations-bs64``, CCLM's layout).
 When those files are missing and ``wit_preproc`` is set, rank 0 first joins the IGLUE annotations with the Kaggle
-pixel files (``dataset.convert.join_wit_images``; IGLUE's zipped ``train_en.jsonl.zip`` is read from its zip), as the
+pixel files (``dataset.wit.join_wit_images``; IGLUE's zipped ``train_en.jsonl.zip`` is read from its zip), as the
 reference's ``wit_preproc`` did; records whose image is in no pixel file are dropped (so test sizes can shrink).
 Captions of one image (grouped by ``image_url``) are positives in training and share their image in evaluation.
 Evaluated from ``start_eval`` (3) on; the best epoch is chosen on English validation r_mean (``val_en``).
@@ -19,15 +19,12 @@ Run: ``python3 run.py --task wit --dist 1 --checkpoint cclm_4m.th --output_dir o
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import zipfile
 from pathlib import Path
 
-from dataset.convert import join_wit_images
 from dataset.fewshot import parse_fewshot
 from dataset.retrieval import RetrievalEvalDataset, RetrievalTrainDataset, limit_images, read_wit_eval, read_wit_train
 from dataset.transforms import build_transform
+from dataset.wit import prepare_wit
 from utils.cli import TaskSpec, run_script
 from utils.config import ConfigError
 from utils.retrieval_task import (RetrievalData, RetrievalTask, Selection, image_roots, language_files,
@@ -36,81 +33,6 @@ from utils.retrieval_task import (RetrievalData, RetrievalTask, Selection, image
 logger = logging.getLogger("wit")
 
 SPEC = TaskSpec("wit", "configs/wit/wit.yaml", "configs/base/retrieval.yaml", bs_keys=("batch_size_train",))
-PIXEL_SUFFIXES = (".csv", ".csv.gz")
-
-
-def _pixel_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise FileNotFoundError(f"wit_preproc: pixel folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(PIXEL_SUFFIXES))
-    if not files:
-        raise FileNotFoundError(f"wit_preproc: no {' or '.join(PIXEL_SUFFIXES)} file in {folder}")
-    return files
-
-
-def _pending_annotation_files(folder: Path, out_dir: Path, scratch: Path) -> list[Path]:
-    """The ``*.jsonl`` files of the IGLUE folder (or only shipped as ``*.jsonl.zip``: extracted to ``scratch``) that
-    have no counterpart in ``out_dir`` yet."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"wit_preproc: annotation folder {folder} does not exist")
-    plain = sorted(folder.glob("*.jsonl"))
-    have = {p.name for p in plain}
-    files = [p for p in plain if not (out_dir / p.name).exists()]
-    for archive in sorted(folder.glob("*.jsonl.zip")):
-        name = archive.name[:-len(".zip")]
-        if name in have or (out_dir / name).exists():
-            continue
-        with zipfile.ZipFile(archive) as zf:
-            member = next((m for m in zf.namelist() if Path(m).name == name), None)
-            if member is None:
-                raise FileNotFoundError(f"wit_preproc: {archive} holds no {name}")
-            scratch.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(scratch / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        files.append(scratch / name)
-    return files
-
-
-WIT_PREPROC_KEYS = {"annotations", "train_pixels", "test_pixels", "out_dir"}
-WIT_PREPROC_GMT_KEYS = {"gmt_annotations", "gmt_out_dir"}
-
-
-def prepare_wit(config: dict, root: Path) -> None:
-    """Join every IGLUE WIT annotation file without a base64 counterpart in ``wit_preproc.out_dir`` (rank 0 only);
-    with ``--gmt`` also the machine-translated test files (``gmt_annotations`` -> ``gmt_out_dir``)."""
-    block = config.get("wit_preproc")
-    if not block:
-        return
-    missing, unknown = WIT_PREPROC_KEYS - set(block), set(block) - WIT_PREPROC_KEYS - WIT_PREPROC_GMT_KEYS
-    if missing or unknown:
-        raise ConfigError(f"config 'wit_preproc' needs {sorted(WIT_PREPROC_KEYS)} (and optionally "
-                          f"{sorted(WIT_PREPROC_GMT_KEYS)}); missing {sorted(missing)}, unknown {sorted(unknown)}")
-    folders = [(block["annotations"], block["out_dir"])]
-    if config.get("gmt"):
-        if not WIT_PREPROC_GMT_KEYS <= set(block):
-            raise ConfigError(f"--gmt: config 'wit_preproc' needs {sorted(WIT_PREPROC_GMT_KEYS)} to make the "
-                              "translate-test files")
-        folders.append((block["gmt_annotations"], block["gmt_out_dir"]))
-    for annotations, out in folders:
-        _join_missing(root / str(annotations), root / str(out), root / str(block["train_pixels"]),
-                      root / str(block["test_pixels"]))
-
-
-def _join_missing(annotations: Path, out_dir: Path, train_pixels: Path, test_pixels: Path) -> None:
-    """Join the annotation files of ``annotations`` that ``out_dir`` lacks with their pixels (test files: test pixels)."""
-    scratch = out_dir / f".tmp-{os.getpid()}"  # private: files appear in out_dir only when complete
-    pending = _pending_annotation_files(annotations, out_dir, scratch)
-    for group, pixels in (("test", test_pixels), ("train", train_pixels)):
-        files = [p for p in pending if ("test" in p.name) == (group == "test")]
-        if not files:
-            continue
-        logger.info("wit_preproc: joining %s with the pixels in %s (once; other ranks wait up to "
-                    "run.dist_timeout_minutes)", ", ".join(p.name for p in files), pixels)
-        summary = join_wit_images(files, _pixel_files(pixels), scratch / "joined")
-        for name, (written, dropped) in summary.items():
-            os.replace(scratch / "joined" / name, out_dir / name)
-            logger.info("wit_preproc: %s: %d records, %d without an image dropped", name, written, dropped)
-    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def load_fewshot_wit(config: dict, root: Path) -> RetrievalData:

@@ -1,8 +1,4 @@
-"""Annotation files: checked readers (errors name file and line) and converters from what users hold.
-
-Readers (used by every fine-tuning dataset): :func:`read_jsonl`, :func:`read_json`, :func:`record_key`.
-
-Converters (``python3 -m dataset.convert SUBCOMMAND ...``), writing the retrieval json that
+"""Converters from the annotation files users hold (``python3 -m dataset.convert SUBCOMMAND ...``), writing the retrieval json that
 :mod:`dataset.retrieval` reads (train: one entry per caption ``{"caption", "image", "image_id"}``; val/test: one entry
 per image ``{"image", "caption": [...], "image_id"}``; ``image`` relative to the ``images/`` root):
 
@@ -14,97 +10,18 @@ per image ``{"image", "caption": [...], "image_id"}``; ``image`` relative to the
   image, e.g. task 2's ``train.1.de`` .. ``train.5.de``) plus its image split list -> one json file.
 * ``wit``: joins IGLUE WIT jsonl files with the Kaggle WIT image-pixel files (tab-separated ``url<TAB>base64``, ``.csv``
   or ``.csv.gz``) -> the same jsonl with ``image_content`` added (CCLM's ``annotations-bs64``; also works for the
-  ``annotations_machine-translate`` files, which the reference never joined).
+  ``annotations_machine-translate`` files, which the reference never joined; the join itself is :mod:`dataset.wit`).
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator
 
-from utils.errors import UserError
-
-PathLike = str | os.PathLike
-
-
-class AnnotationError(UserError, ValueError):
-    """An annotation file is missing, malformed, or has a record the loaders cannot use (message names file/line)."""
-
-
-# ---------------------------------------------------------------------------------------------------- readers
-
-def where(path: PathLike, line: int | str) -> str:
-    """``file:line`` (or ``file [item]``) for error messages."""
-    return f"{path}:{line}" if isinstance(line, int) else f"{path} [{line}]"
-
-
-def _open_text(path: PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"annotation file not found: {path}")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
-def iter_jsonl(path: PathLike, with_offsets: bool = False) -> Iterator[tuple]:
-    """Yield ``(line_no, record)`` (or ``(line_no, byte_offset, record)``) for every non-blank line of a jsonl file.
-
-    Every record must be a JSON object; a malformed line raises AnnotationError naming the file and the line.
-    A missing final newline and trailing blank lines are accepted (IGLUE's ``wit/val_en.jsonl`` has no final newline).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AnnotationError(f"annotation file not found: {path}")
-    with open(path, "rb") as f:
-        offset = 0
-        for line_no, raw in enumerate(f, start=1):
-            start, offset = offset, offset + len(raw)
-            text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
-            if not text:
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise AnnotationError(f"{path}:{line_no}: malformed JSON line ({e.msg}, column {e.colno})") from e
-            if not isinstance(record, dict):
-                raise AnnotationError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield (line_no, start, record) if with_offsets else (line_no, record)
-
-
-def read_json(path: PathLike) -> Any:
-    """A whole JSON file; malformed JSON raises AnnotationError naming the file, line and column."""
-    with _open_text(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise AnnotationError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from e
-
-
-def require(record: dict, keys: Iterable[str], at: str) -> None:
-    """Raise AnnotationError naming ``at`` if ``record`` lacks any of ``keys``."""
-    missing = [k for k in keys if k not in record]
-    if missing:
-        raise AnnotationError(f"{at}: missing key(s) {missing}; the record has {sorted(record)}")
-
-
-def string_field(record: dict, key: str, at: str) -> str:
-    """``record[key]``, which must be a string (an AnnotationError naming ``at`` otherwise)."""
-    value = record[key]
-    if not isinstance(value, str):
-        raise AnnotationError(f"{at}: {key!r} must be a string, got {type(value).__name__} {value!r:.60}")
-    return value
-
-
-def record_key(value: Any, at: str) -> str | int:
-    """An image/question id usable as a dict key: a string or an integer (the JSON type is kept, as the reference does)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise AnnotationError(f"{at}: id {value!r} must be a string or an integer")
-    return value
+from dataset.checked import AnnotationError, PathLike, open_text, read_json, require, where
+from dataset.wit import join_wit_images
 
 
 # ---------------------------------------------------------------------------------------------------- Karpathy
@@ -168,7 +85,7 @@ def convert_karpathy(karpathy_file: PathLike, out_dir: PathLike) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------- Multi30K
 
 def _read_lines(path: PathLike) -> list[str]:
-    with _open_text(path) as f:
+    with open_text(path) as f:
         return [line.rstrip("\n").rstrip("\r") for line in f]
 
 
@@ -203,72 +120,6 @@ def multi30k_to_retrieval(image_list: PathLike, caption_files: list[PathLike], s
 
 
 # ---------------------------------------------------------------------------------------------------- WIT
-
-def _iter_pixel_lines(pixel_files: list[Path]) -> Iterator[tuple[str, str]]:
-    for pixel_file in pixel_files:
-        with _open_text(pixel_file) as f:
-            for line in f:
-                url, sep, rest = line.rstrip("\n").partition("\t")
-                if sep:
-                    yield url, rest.split("\t", 1)[0]
-
-
-def join_wit_images(annotation_files: list[PathLike], pixel_files: list[PathLike], out_dir: PathLike) -> dict:
-    """Add ``image_content`` (base64) from the Kaggle pixel files to WIT annotation jsonl files, matched by ``image_url``.
-
-    Writes ``out_dir/<annotation file name>`` for each input, keeping line order; records whose image is not in any
-    pixel file are left out. Returns ``{file name: (written, missing)}``. Memory stays small whatever the data size:
-    the matched pixels are spooled to a scratch file in ``out_dir`` (removed at the end) and only their offsets are
-    kept.
-    """
-    annotation_files = [Path(p) for p in annotation_files]
-    wanted = set()
-    for path in annotation_files:
-        for line_no, record in iter_jsonl(path):
-            at = where(path, line_no)
-            require(record, ("image_url", "caption_reference_description"), at)
-            wanted.add(string_field(record, "image_url", at))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spool_path = out_dir / f".wit-pixels-{os.getpid()}.tmp"
-    try:
-        with open(spool_path, "w+b") as spool:
-            found = _spool_pixels(wanted, [Path(p) for p in pixel_files], spool)
-            return {path.name: _write_joined(path, out_dir / path.name, found, spool) for path in annotation_files}
-    finally:
-        spool_path.unlink(missing_ok=True)
-
-
-def _spool_pixels(wanted: set, pixel_files: list[Path], spool) -> dict[str, tuple[int, int]]:
-    """Append the first pixels of each wanted URL to ``spool``; ``{url: (offset, length)}``."""
-    found: dict[str, tuple[int, int]] = {}
-    for url, pixels in _iter_pixel_lines(pixel_files):
-        if url in wanted and url not in found:
-            data = pixels.encode("utf-8")
-            found[url] = (spool.tell(), len(data))
-            spool.write(data)
-            if len(found) == len(wanted):
-                break
-    return found
-
-
-def _write_joined(path: Path, out: Path, found: dict[str, tuple[int, int]], spool) -> tuple[int, int]:
-    """Write ``path``'s records that have pixels, with ``image_content``, to ``out`` (atomically); (written, missing)."""
-    written = missing = 0
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for _, record in iter_jsonl(path):
-            location = found.get(record["image_url"])
-            if location is None:
-                missing += 1
-                continue
-            spool.seek(location[0])
-            record = dict(record, image_content=spool.read(location[1]).decode("utf-8"))
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            written += 1
-    os.replace(tmp, out)
-    return written, missing
-
 
 # ---------------------------------------------------------------------------------------------------- CLI
 

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dataset.convert import AnnotationError, read_json, record_key, require, where
+from dataset.checked import AnnotationError, read_json, record_key, require, where
 from dataset.images import load_image
 from dataset.text import pre_question
 

@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from dataset.convert import AnnotationError, iter_jsonl, require, where
+from dataset.checked import AnnotationError, iter_jsonl, require, where
 from dataset.nlvr import parse_label
 
 PathLike = str | os.PathLike

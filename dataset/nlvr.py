@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from dataset.convert import AnnotationError, iter_jsonl, read_json, require, where
+from dataset.checked import AnnotationError, iter_jsonl, read_json, require, where
 from dataset.images import load_image
 from dataset.text import pre_caption
 

@@ -52,7 +52,7 @@ from urllib.parse import unquote, urlparse
 import torch
 from torch.utils.data import Dataset
 
-from dataset.convert import AnnotationError, iter_jsonl, read_json, record_key, require, string_field, where
+from dataset.checked import AnnotationError, iter_jsonl, read_json, record_key, require, string_field, where
 from dataset.images import load_image
 from dataset.text import pre_caption
 

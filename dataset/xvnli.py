@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from dataset.convert import AnnotationError, iter_jsonl, record_key, require, string_field, where
+from dataset.checked import AnnotationError, iter_jsonl, record_key, require, string_field, where
 from dataset.images import load_image
 from dataset.text import pre_caption
 

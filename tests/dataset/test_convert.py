@@ -1,4 +1,4 @@
-"""Annotation readers and the converters (Karpathy, Multi30K raw text, WIT pixel join), checked on hand-made inputs."""
+"""The converters (Karpathy, Multi30K raw text, WIT pixel join) and their command line, on hand-made inputs."""
 import base64
 import gzip
 import io
@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from dataset.convert import (AnnotationError, iter_jsonl, karpathy_to_retrieval, main, multi30k_to_retrieval,
-                             read_json)
+from dataset.checked import AnnotationError, iter_jsonl
+from dataset.convert import karpathy_to_retrieval, main, multi30k_to_retrieval
 from dataset.retrieval import ImageRoots, read_eval_data, read_train_pairs
 
 KARPATHY_COCO = {"dataset": "coco", "images": [
@@ -21,21 +21,6 @@ KARPATHY_COCO = {"dataset": "coco", "images": [
     {"filepath": "val2014", "filename": "COCO_val2014_4.jpg", "cocoid": 4, "split": "test",
      "sentences": [{"raw": "A fish"}, {"raw": "Fish"}]},
 ]}
-
-
-def test_jsonl_reader_lines_offsets_bom_and_no_final_newline(tmp_path):
-    path = tmp_path / "a.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{"a": "\xc3\xa9"}')
-    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (3, {"a": "é"})]
-    assert [offset for _, offset, _ in iter_jsonl(path, with_offsets=True)] == [0, 13]
-    path.write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(AnnotationError, match="a.jsonl:2: expected a JSON object, got list"):
-        list(iter_jsonl(path))
-    with pytest.raises(AnnotationError, match="annotation file not found"):
-        list(iter_jsonl(tmp_path / "none.jsonl"))
-    (tmp_path / "b.json").write_text('[\n{"a": 1},\n{"a" 2}\n]')
-    with pytest.raises(AnnotationError, match="b.json:3: malformed JSON"):
-        read_json(tmp_path / "b.json")
 
 
 def test_karpathy_coco_splits():
@@ -142,59 +127,3 @@ def test_cli_reports_annotation_errors(tmp_path, capsys):
     (tmp_path / "k.json").write_text("{}")
     assert main(["karpathy", str(tmp_path / "k.json"), "--out-dir", str(tmp_path)]) == 1
     assert "not a Karpathy split file" in capsys.readouterr().err
-
-
-def read_any_sample_file(path, rel, tmp_path):
-    """Dispatch one IGLUE sample file to the reader its task uses; return the number of usable records."""
-    from dataset.gqa import read_answer_list, read_gqa_questions
-    from dataset.marvl import convert_marvl_file
-    from dataset.nlvr import read_nlvr2_jsonl
-    from dataset.xvnli import read_xvnli
-    task = rel.split("/")[0]
-    if task == "XVNLI":
-        return len(read_xvnli(path, tmp_path)[0])
-    if task in ("flickr30k", "xFlickrCO"):
-        roots = ImageRoots(flickr30k=tmp_path, coco=tmp_path)
-        assert len(read_train_pairs("xflickrco", path, roots)) > 0
-        return len(read_eval_data("xflickrco", path, roots).texts)
-    if task == "wit":
-        return len(read_eval_data("wit", path, ImageRoots(wit=tmp_path)).texts)
-    if "ans2label" in rel or "label2ans" in rel:
-        return len(read_answer_list(path))
-    if task in ("gqa", "xGQA"):
-        return len(read_gqa_questions(path))
-    if task == "marvl":
-        return len(convert_marvl_file(path, few_shot="few_shot" in rel))
-    if task == "nlvr2":
-        return len(read_nlvr2_jsonl(path, tmp_path))
-    raise AssertionError(f"no reader for {rel}")
-
-
-def test_every_sample_file_has_a_reader(iglue_sample, tmp_path):
-    files = sorted(p for p in (iglue_sample / "datasets").rglob("*") if p.is_file())
-    assert len(files) == 47  # every annotation file of the sample (its README aside)
-    for path in files:
-        rel = path.relative_to(iglue_sample / "datasets").as_posix()
-        assert read_any_sample_file(path, rel, tmp_path) >= 3, rel
-
-
-def test_join_wit_images_keeps_line_order_first_pixels_and_no_scratch(tmp_path):
-    from dataset.convert import join_wit_images
-
-    ann = tmp_path / "ann"
-    ann.mkdir()
-    rows = {"train_en.jsonl": ["u/b", "u/a", "u/missing", "u/b"], "test_en.jsonl": ["u/c"]}
-    for name, urls in rows.items():
-        (ann / name).write_text("".join(json.dumps({"image_url": f"https://x/{u}", "caption_reference_description":
-                                                    f"caption {i}"}) + "\n" for i, u in enumerate(urls)))
-    pixels = [tmp_path / "p0.tsv", tmp_path / "p1.tsv"]
-    pixels[0].write_text("https://x/u/a\tAAAA\textra\nno tab line\nhttps://x/u/b\tBBBB\n")
-    pixels[1].write_text("https://x/u/a\tLATER\nhttps://x/u/c\tCCCC\n")
-    out = tmp_path / "out"
-    summary = join_wit_images([ann / "train_en.jsonl", ann / "test_en.jsonl"], pixels, out)
-    assert summary == {"train_en.jsonl": (3, 1), "test_en.jsonl": (1, 0)}
-    assert sorted(p.name for p in out.iterdir()) == ["test_en.jsonl", "train_en.jsonl"]  # no scratch file left
-    joined = [json.loads(line) for line in (out / "train_en.jsonl").read_text().splitlines()]
-    assert [(r["image_url"][-3:], r["caption_reference_description"], r["image_content"]) for r in joined] == [
-        ("u/b", "caption 0", "BBBB"), ("u/a", "caption 1", "AAAA"), ("u/b", "caption 3", "BBBB")]
-    assert json.loads((out / "test_en.jsonl").read_text())["image_content"] == "CCCC"

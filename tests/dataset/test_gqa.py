@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import to_tensor
 
-from dataset.convert import AnnotationError
+from dataset.checked import AnnotationError
 from dataset.gqa import (GQAEvalDataset, GQATrainDataset, collate_gqa_eval, collate_gqa_train, gqa_references,
                          may_flip, read_answer_list, read_gqa_questions)
 from dataset.transforms import build_transform

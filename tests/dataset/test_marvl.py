@@ -6,7 +6,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from dataset.convert import AnnotationError
+from dataset.checked import AnnotationError
 from dataset.marvl import convert_marvl_file, ensure_marvl
 from dataset.nlvr import NLVRDataset
 from dataset.transforms import build_transform

@@ -4,7 +4,7 @@ import json
 import pytest
 from PIL import Image
 
-from dataset.convert import AnnotationError
+from dataset.checked import AnnotationError
 from dataset.nlvr import NLVRDataset, collate_nlvr, nlvr2_image_files, parse_label
 from dataset.transforms import build_transform
 

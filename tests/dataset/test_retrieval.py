@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset.convert import AnnotationError
+from dataset.checked import AnnotationError
 from dataset.retrieval import (ImageRoots, RetrievalEvalDataset, collate_retrieval_eval, collate_retrieval_train,
                                limit_images, load_retrieval_eval, load_retrieval_train, read_eval_data,
                                read_wit_train)

@@ -5,7 +5,7 @@ import re
 import pytest
 from PIL import Image
 
-from dataset.convert import AnnotationError
+from dataset.checked import AnnotationError
 from dataset.transforms import build_transform
 from dataset.xvnli import LABELS, XVNLIDataset, collate_xvnli
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import Demo
-from dataset.convert import AnnotationError
+from dataset.checked import AnnotationError
 from models.ranking import CCLMView
 from utils.demo_plots import loss_series, plot_recall_curves, plot_training_curves
 

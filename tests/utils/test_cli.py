@@ -70,7 +70,7 @@ def test_an_output_dir_that_is_a_file_is_an_error(spec, tmp_path):
 
 
 def test_run_script_turns_user_errors_into_one_line_and_exit_code_2(caplog, monkeypatch):
-    from dataset.convert import AnnotationError
+    from dataset.checked import AnnotationError
     from utils.cli import run_script
 
     monkeypatch.setattr("sys.argv", ["task.py", "--bs", "8"])
