@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import Dataset
 
 from dataset.checked import AnnotationError, iter_jsonl, read_json, require, where
+from dataset.examples import ExampleDataset
 from dataset.images import load_image
 from dataset.text import pre_caption
 
@@ -117,20 +117,13 @@ def read_nlvr_examples(path: PathLike, image_root: PathLike, max_words: int = 30
     return read_nlvr_json(path, image_root, max_words)
 
 
-class NLVRDataset(Dataset):
+class NLVRDataset(ExampleDataset):
     """Two-image statements: items ``(left image tensor, right image tensor, statement str, label int)``."""
 
     def __init__(self, path: PathLike, image_root: PathLike, transform: Callable, max_words: int = 30):
-        self.path, self.transform = Path(path), transform
-        self.examples = read_nlvr_examples(path, image_root, max_words)
-        if not self.examples:
-            raise AnnotationError(f"{path}: no examples")
+        super().__init__(path, read_nlvr_examples(path, image_root, max_words), transform, "no examples")
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int):
-        ex = self.examples[index]
+    def item(self, ex: NLVRExample):
         left = self.transform(load_image(ex.left, where=ex.at))
         right = self.transform(load_image(ex.right, where=ex.at))
         return left, right, ex.sentence, ex.label

@@ -295,26 +295,32 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"unknown retrieval format {fmt!r}; expected one of {FORMATS}")
 
 
+# format -> (training reader, evaluation reader); both take (path, *image roots, max_words)
+READERS = {"caption_json": (read_caption_json_train, read_caption_json_eval),
+           "xflickrco": (read_flickrco_train, read_flickrco_eval),
+           "wit": (read_wit_train, read_wit_eval)}
+
+
+def _read(fmt: str, path: PathLike, roots: ImageRoots, max_words: int | None, train: bool):
+    _check_format(fmt)
+    if fmt == "caption_json":
+        image_roots = (_root(roots, "images", fmt),)
+    elif fmt == "xflickrco":
+        image_roots = (_root(roots, "flickr30k", fmt), roots.coco)
+    else:
+        image_roots = (roots.wit,)
+    reader = READERS[fmt][0 if train else 1]
+    return reader(path, *image_roots, max_words or MAX_WORDS[fmt])
+
+
 def read_train_pairs(fmt: str, path: PathLike, roots: ImageRoots, max_words: int | None = None) -> list[CaptionPair]:
     """Training pairs of one file in format ``fmt``."""
-    _check_format(fmt)
-    max_words = max_words or MAX_WORDS[fmt]
-    if fmt == "caption_json":
-        return read_caption_json_train(path, _root(roots, "images", fmt), max_words)
-    if fmt == "xflickrco":
-        return read_flickrco_train(path, _root(roots, "flickr30k", fmt), roots.coco, max_words)
-    return read_wit_train(path, roots.wit, max_words)
+    return _read(fmt, path, roots, max_words, train=True)
 
 
 def read_eval_data(fmt: str, path: PathLike, roots: ImageRoots, max_words: int | None = None) -> RetrievalEvalData:
     """Evaluation data of one file in format ``fmt``."""
-    _check_format(fmt)
-    max_words = max_words or MAX_WORDS[fmt]
-    if fmt == "caption_json":
-        return read_caption_json_eval(path, _root(roots, "images", fmt), max_words)
-    if fmt == "xflickrco":
-        return read_flickrco_eval(path, _root(roots, "flickr30k", fmt), roots.coco, max_words)
-    return read_wit_eval(path, roots.wit, max_words)
+    return _read(fmt, path, roots, max_words, train=False)
 
 
 class RetrievalTrainDataset(Dataset):

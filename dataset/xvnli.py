@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import Dataset
 
 from dataset.checked import AnnotationError, iter_jsonl, record_key, require, string_field, where
+from dataset.examples import ExampleDataset
 from dataset.images import load_image
 from dataset.text import pre_caption
 
@@ -71,20 +71,14 @@ def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tup
     return examples, dropped
 
 
-class XVNLIDataset(Dataset):
+class XVNLIDataset(ExampleDataset):
     """An XVNLI split: items ``(image tensor, hypothesis str, label int)``."""
 
     def __init__(self, path: PathLike, image_root: PathLike, transform: Callable, max_words: int = 80):
-        self.path, self.transform = Path(path), transform
-        self.examples, self.dropped = read_xvnli(path, image_root, max_words)
-        if not self.examples:
-            raise AnnotationError(f"{path}: no line has a usable gold_label ({self.dropped} dropped)")
+        examples, self.dropped = read_xvnli(path, image_root, max_words)
+        super().__init__(path, examples, transform, f"no line has a usable gold_label ({self.dropped} dropped)")
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, index: int):
-        example = self.examples[index]
+    def item(self, example: XVNLIExample):
         return self.transform(load_image(example.image, where=example.at)), example.hypothesis, example.label
 
 

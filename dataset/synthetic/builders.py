@@ -453,17 +453,27 @@ class NLVRBuilder(Builder):
                                    "country_of_residence": "Synthetia", "gender": "female", "age": 30},
                 "chapter": "Shapes", "id": f"{lang}-{number}", "label": truth}
 
-    def marvl_zero_shot(self, left, right, left_image, right_image, statements):
-        base = f"{IGLUE}/marvl/zero_shot"
-        for lang in self.ctx.others:
-            concept = self._concept(lang, left.groups[0].shape)
-            number = concept.split("-")[0]
-            files = []
-            for scene, image in ((left, left_image), (right, right_image)):
-                n = self.ctx.number(scene)
+    def _place_marvl_pair(self, lang, left, right, left_image, right_image, few_shot: bool):
+        """Place the pair's images where MaRVL keeps them; (concept, the two image names the records carry)."""
+        concept = self._concept(lang, left.groups[0].shape)
+        number = concept.split("-")[0]
+        files = []
+        for scene, image in ((left, left_image), (right, right_image)):
+            n = self.ctx.number(scene)
+            if few_shot:
+                name = f"{number}-n-{n}.jpg"
+                self.ctx.placer.put((n, "jpg"), f"images/marvl_fewshot/{lang}/all/{name}", image.jpeg)
+                files.append(f"{concept}/{name}")
+            else:
                 files.append(f"{number}-{n}.jpg")
                 self.ctx.placer.put((n, "jpg"), f"images/marvl-images/{lang}/images/{concept}/{files[-1]}",
                                     image.jpeg)
+        return concept, files
+
+    def marvl_zero_shot(self, left, right, left_image, right_image, statements):
+        base = f"{IGLUE}/marvl/zero_shot"
+        for lang in self.ctx.others:
+            concept, files = self._place_marvl_pair(lang, left, right, left_image, right_image, few_shot=False)
             for statement, truth in statements:
                 record = self._marvl_record(lang, concept, files[0], files[1], statement.render(grammar(lang)),
                                             truth, "zero")
@@ -473,14 +483,7 @@ class NLVRBuilder(Builder):
 
     def marvl_few_shot(self, left, right, left_image, right_image, pair, statements):
         for lang in self.ctx.others:
-            concept = self._concept(lang, left.groups[0].shape)
-            number = concept.split("-")[0]
-            files = []
-            for scene, image in ((left, left_image), (right, right_image)):
-                n = self.ctx.number(scene)
-                name = f"{number}-n-{n}.jpg"
-                self.ctx.placer.put((n, "jpg"), f"images/marvl_fewshot/{lang}/all/{name}", image.jpeg)
-                files.append(f"{concept}/{name}")
+            concept, files = self._place_marvl_pair(lang, left, right, left_image, right_image, few_shot=True)
             for k, (statement, truth) in enumerate(statements):
                 text = statement.render(grammar(lang))
                 self.ctx.train_text(left, text)

@@ -40,137 +40,220 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _forms(table: str) -> dict[str, tuple[str, str]]:
+    """``name  singular form | plural form`` per line (one form: the same for both) -> {name: (singular, plural)}."""
+    forms = {}
+    for line in table.strip().splitlines():
+        name, _, rest = line.strip().partition(" ")
+        singular, _, plural = (part.strip() for part in rest.partition("|"))
+        forms[name] = (singular, plural or singular)
+    return forms
+
+
+@dataclass(frozen=True)
+class About:
+    """What a sentence is about: a phrase, a position, a shape, a side, an axis; ``plural`` picks the plural form."""
+
+    p: Phrase | None = None
+    position: str | None = None
+    shape: str | None = None
+    side: str | None = None
+    axis: tuple[str, str] | None = None
+    plural: bool = False
+
+
+class _Fields(dict):
+    """The fields of a sentence form, each computed when the form names it: a word table of the grammar
+    (``TABLES``, keyed by the shape's gender) or its method ``field_<name>(about)``."""
+
+    def __init__(self, grammar: "Grammar", about: About):
+        super().__init__()
+        self.grammar, self.about = grammar, about
+
+    def __missing__(self, name: str) -> str:
+        g, about = self.grammar, self.about
+        if name in g.TABLES:
+            return g.TABLES[name][g.gender(about.shape)]
+        return getattr(g, "field_" + name)(about)
+
+
 class Grammar:
-    """Base class: one subclass per language. Methods return finished sentences or phrases."""
+    """Base class: one subclass per language, holding its words, its noun phrases and captions (code) and its other
+    sentences as forms (``SENTENCES``) whose fields the ``field_*`` methods fill in.
+
+    ``NOUNS``: shape -> (singular, gender, plural, ...); ``POS``: position -> words; ``SIDE``: left/right image ->
+    the words (or forms) that name it; ``BE``: the copula after a singular / plural subject.
+    """
 
     code = ""
     cjk = False
+    NOUNS: dict = {}
+    POS: dict[str, str] = {}
+    SIDE: dict = {}
+    NUM: dict[int, str] = {}
+    BE = ("", "")
+    UNVERIFIABLE: tuple[str, ...] = ()
+    SENTENCES: dict[str, tuple[str, str]] = {}
+    TABLES: dict[str, dict[str, str]] = {}
 
     def join_sentences(self, first: str, second: str) -> str:
         """Two sentences as one text (no space between CJK sentences)."""
         return first + ("" if self.cjk else " ") + second
 
-    # Subclasses implement the following.
-    def noun_phrase(self, p: Phrase, case: str = "nom") -> str:
-        raise NotImplementedError
+    def say(self, name: str, about: About) -> str:
+        """The sentence form ``name`` (its plural form for a plural subject) with its fields filled in."""
+        return self.SENTENCES[name][about.plural].format_map(_Fields(self, about))
 
-    def located_phrase(self, p: Phrase, position: str) -> str:
+    # ---- language-specific code
+    def noun_phrase(self, p: Phrase, case: str = "nom") -> str:
         raise NotImplementedError
 
     def caption(self, groups: Sequence[Located], template: int) -> str:
         raise NotImplementedError
 
-    def exists(self, p: Phrase, position: str) -> str:
-        raise NotImplementedError
+    # ---- words
+    def noun_word(self, shape: str, plural: bool = False) -> str:
+        """The bare noun of a shape (a CJK noun has no plural)."""
+        noun = self.NOUNS[shape]
+        return noun if isinstance(noun, str) else noun[2 if plural else 0]
 
-    def absent(self, shape: str) -> str:
-        raise NotImplementedError
-
-    def unverifiable(self, k: int) -> str:
-        raise NotImplementedError
-
-    def q_colour(self, position: str, plural: bool) -> str:
-        raise NotImplementedError
-
-    def q_shape(self, position: str) -> str:
-        raise NotImplementedError
-
-    def q_exists(self, colour: str, shape: str) -> str:
-        raise NotImplementedError
-
-    def q_side(self, shape: str, plural: bool, axis: tuple[str, str]) -> str:
-        raise NotImplementedError
-
-    def q_size(self, shape: str, plural: bool) -> str:
-        raise NotImplementedError
-
-    def s_contains(self, side: str, p: Phrase) -> str:
-        raise NotImplementedError
-
-    def s_both(self, shape: str) -> str:
-        raise NotImplementedError
-
-    def s_more(self, side: str, shape: str) -> str:
-        raise NotImplementedError
+    def gender(self, shape: str) -> str:
+        return self.NOUNS[shape][1]
 
     def concept(self, shape: str) -> str:
-        raise NotImplementedError
+        """The word MaRVL's concept folders carry for a shape."""
+        return self.noun_word(shape)
+
+    # ---- sentences
+    def located_phrase(self, p: Phrase, position: str) -> str:
+        return self.say("located", About(p, position))
+
+    def exists(self, p: Phrase, position: str) -> str:
+        return self.say("exists", About(p, position, plural=p.count > 1))
+
+    def absent(self, shape: str) -> str:
+        return self.say("absent", About(shape=shape))
+
+    def unverifiable(self, k: int) -> str:
+        return self.UNVERIFIABLE[k]
+
+    def q_colour(self, position: str, plural: bool) -> str:
+        return self.say("q_colour", About(position=position, plural=plural))
+
+    def q_shape(self, position: str) -> str:
+        return self.say("q_shape", About(position=position))
+
+    def q_exists(self, colour: str, shape: str) -> str:
+        return self.say("q_exists", About(Phrase(1, shape, colour), shape=shape))
+
+    def q_side(self, shape: str, plural: bool, axis: tuple[str, str]) -> str:
+        return self.say("q_side", About(shape=shape, axis=axis, plural=plural))
+
+    def q_size(self, shape: str, plural: bool) -> str:
+        return self.say("q_size", About(shape=shape, plural=plural))
+
+    def s_contains(self, side: str, p: Phrase) -> str:
+        return self.say("s_contains", About(p, side=side))
+
+    def s_both(self, shape: str) -> str:
+        return self.say("s_both", About(Phrase(1, shape), shape=shape))
+
+    def s_more(self, side: str, shape: str) -> str:
+        return self.say("s_more", About(shape=shape, side=side))
+
+    # ---- the fields every language's forms may use
+    def field_pos(self, about: About) -> str:
+        return self.POS[about.position]
+
+    def field_Pos(self, about: About) -> str:  # {Pos}: {pos} capitalised, for a sentence that starts with it
+        return _cap(self.POS[about.position])
+
+    def field_np(self, about: About) -> str:
+        return self.noun_phrase(about.p)
+
+    def field_np_acc(self, about: About) -> str:
+        return self.noun_phrase(about.p, "acc")
+
+    def field_be(self, about: About) -> str:
+        return self.BE[about.plural]
+
+    def field_num(self, about: About) -> str:
+        return self.NUM[about.p.count]
+
+    def field_bare(self, about: About) -> str:
+        return self.bare(about.p)
+
+    def field_noun(self, about: About) -> str:
+        return self.noun_word(about.shape)
+
+    def field_nouns(self, about: About) -> str:
+        return self.noun_word(about.shape, plural=True)
+
+    def field_the_noun(self, about: About) -> str:
+        return self.definite(about.shape, about.plural)
+
+    def field_a(self, about: About) -> str:
+        return self.POS[about.axis[0]]
+
+    def field_b(self, about: About) -> str:
+        return self.POS[about.axis[1]]
+
+    def field_side(self, about: About):
+        return self.SIDE[about.side]
+
+    def field_other(self, about: About):
+        return self.SIDE[OPPOSITE_SIDE[about.side]]
 
 
 class English(Grammar):
     code = "en"
+    NOUNS = {shape: (shape, "", shape + ("es" if shape.endswith("s") else "s")) for shape in SHAPES}
     NUM = {2: "two", 3: "three"}
     POS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
            "centre": "in the middle"}
-    PLURAL = {"cross": "crosses"}
+    SIDE = {"left": "left", "right": "right"}
+    BE = ("is", "are")
     UNVERIFIABLE = ("The picture was drawn by a child.", "The shapes are made of paper.",
                     "The picture was painted yesterday.", "Someone cut out these shapes with scissors.")
+    SENTENCES = _forms("""
+        located     {np} {pos}
+        exists      There {be} {np} {pos}.
+        absent      There is no {noun} in the picture.
+        q_colour    What colour is the shape {pos}? | What colour are the shapes {pos}?
+        q_shape     What shape is {pos}?
+        q_exists    Is there {np}?
+        q_side      Is {the_noun} {a} or {b}? | Are {the_noun} {a} or {b}?
+        q_size      Is {the_noun} small or large? | Are {the_noun} small or large?
+        s_contains  The {side} image contains {np}.
+        s_both      Both images contain {np}.
+        s_more      There are more {nouns} in the {side} image than in the {other} image.
+    """)
 
     def noun(self, shape: str, plural: bool) -> str:
-        return self.PLURAL.get(shape, shape + "s") if plural else shape
+        return self.noun_word(shape, plural)
 
     def indefinite(self, body: str) -> str:
         return ("an " if body[0] in "aeiou" else "a ") + body
 
+    def definite(self, shape: str, plural: bool) -> str:
+        return "the " + self.noun_word(shape, plural)
+
     def noun_phrase(self, p, case="nom"):
         body = " ".join([w for w in (p.size, p.colour) if w] + [self.noun(p.shape, p.count > 1)])
         return self.indefinite(body) if p.count == 1 else f"{self.NUM[p.count]} {body}"
-
-    def located_phrase(self, p, position):
-        return f"{self.noun_phrase(p)} {self.POS[position]}"
-
-    def _be(self, p: Phrase) -> str:
-        return "is" if p.count == 1 else "are"
 
     def caption(self, groups, template):
         listed = " and ".join(self.located_phrase(p, pos) for p, pos in groups)
         if template == 0:
             return listed
         if template == 1:
-            return _cap(" and ".join(f"{self.POS[pos]} there {self._be(p)} {self.noun_phrase(p)}"
+            return _cap(" and ".join(f"{self.POS[pos]} there {self.BE[p.count > 1]} {self.noun_phrase(p)}"
                                      for p, pos in groups)) + "."
         if template == 2:
-            return f"There {self._be(groups[0][0])} {listed}."
+            return f"There {self.BE[groups[0][0].count > 1]} {listed}."
         if template == 3:
             return f"The picture shows {listed}."
         return f"An image with {listed}."
-
-    def exists(self, p, position):
-        return f"There {self._be(p)} {self.noun_phrase(p)} {self.POS[position]}."
-
-    def absent(self, shape):
-        return f"There is no {shape} in the picture."
-
-    def unverifiable(self, k):
-        return self.UNVERIFIABLE[k]
-
-    def q_colour(self, position, plural):
-        return f"What colour {'are the shapes' if plural else 'is the shape'} {self.POS[position]}?"
-
-    def q_shape(self, position):
-        return f"What shape is {self.POS[position]}?"
-
-    def q_exists(self, colour, shape):
-        return f"Is there {self.indefinite(colour + ' ' + shape)}?"
-
-    def q_side(self, shape, plural, axis):
-        return f"{'Are' if plural else 'Is'} the {self.noun(shape, plural)} {self.POS[axis[0]]} or {self.POS[axis[1]]}?"
-
-    def q_size(self, shape, plural):
-        return f"{'Are' if plural else 'Is'} the {self.noun(shape, plural)} small or large?"
-
-    def s_contains(self, side, p):
-        return f"The {side} image contains {self.noun_phrase(p)}."
-
-    def s_both(self, shape):
-        return f"Both images contain {self.indefinite(shape)}."
-
-    def s_more(self, side, shape):
-        other = OPPOSITE_SIDE[side]
-        return f"There are more {self.noun(shape, True)} in the {side} image than in the {other} image."
-
-    def concept(self, shape):
-        return shape
 
 
 class German(Grammar):
@@ -183,6 +266,8 @@ class German(Grammar):
            "purple": "violett", "orange": "orangefarben", "white": "weiß", "black": "schwarz"}
     NUM = {2: "zwei", 3: "drei"}
     POS = {"left": "links", "right": "rechts", "top": "oben", "bottom": "unten", "centre": "in der Mitte"}
+    SIDE = {"left": "linke", "right": "rechte"}
+    BE = ("ist", "sind")
     # endings after ein/kein (mixed declension), by case and gender
     MIXED = {"nom": {"m": "er", "n": "es", "f": "e"}, "acc": {"m": "en", "n": "es", "f": "e"},
              "dat": {"m": "en", "n": "en", "f": "en"}}
@@ -190,8 +275,22 @@ class German(Grammar):
                "dat": {"m": "einem", "n": "einem", "f": "einer"}}
     STRONG_PLURAL = {"nom": "e", "acc": "e", "dat": "en"}
     DEFINITE = {"m": "der", "n": "das", "f": "die"}
+    TABLES = {"kein": {gender: "k" + article for gender, article in ARTICLE["acc"].items()}}
     UNVERIFIABLE = ("Das Bild wurde von einem Kind gemalt.", "Die Formen sind aus Papier.",
                     "Das Bild wurde gestern gemalt.", "Jemand hat diese Formen mit einer Schere ausgeschnitten.")
+    SENTENCES = _forms("""
+        located     {np} {pos}
+        exists      {Pos} {be} {np}.
+        absent      Im Bild gibt es {kein} {noun}.
+        q_colour    Welche Farbe hat die Form {pos}? | Welche Farbe haben die Formen {pos}?
+        q_shape     Welche Form ist {pos} zu sehen?
+        q_exists    Gibt es {np_acc}?
+        q_side      Ist {the_noun} {a} oder {b}? | Sind {the_noun} {a} oder {b}?
+        q_size      Ist {the_noun} klein oder groß? | Sind {the_noun} klein oder groß?
+        s_contains  Das {side} Bild enthält {np_acc}.
+        s_both      Beide Bilder enthalten {np_acc}.
+        s_more      Im {side}n Bild gibt es mehr {nouns} als im {other}n Bild.
+    """)
 
     def plural_noun(self, shape: str, case: str) -> str:
         plural = self.NOUNS[shape][2]
@@ -207,67 +306,20 @@ class German(Grammar):
                      + [self.plural_noun(p.shape, case)])
         return " ".join(words)
 
-    def located_phrase(self, p, position):
-        return f"{self.noun_phrase(p)} {self.POS[position]}"
-
-    def _be(self, p: Phrase) -> str:
-        return "ist" if p.count == 1 else "sind"
-
     def caption(self, groups, template):
         case = {0: "nom", 1: "nom", 2: "acc", 3: "acc", 4: "dat"}[template]
         listed = " und ".join(f"{self.noun_phrase(p, case)} {self.POS[pos]}" for p, pos in groups)
         if template == 0:
             return listed
         if template == 1:
-            return _cap(" und ".join(f"{self.POS[pos]} {self._be(p)} {self.noun_phrase(p)}"
+            return _cap(" und ".join(f"{self.POS[pos]} {self.BE[p.count > 1]} {self.noun_phrase(p)}"
                                      for p, pos in groups)) + "."
         prefix = {2: "Es gibt", 3: "Das Bild zeigt", 4: "Ein Bild mit"}[template]
         return f"{prefix} {listed}."
 
-    def exists(self, p, position):
-        return _cap(f"{self.POS[position]} {self._be(p)} {self.noun_phrase(p)}.")
-
-    def absent(self, shape):
-        noun, gender, _ = self.NOUNS[shape]
-        return f"Im Bild gibt es k{self.ARTICLE['acc'][gender]} {noun}."
-
-    def unverifiable(self, k):
-        return self.UNVERIFIABLE[k]
-
-    def q_colour(self, position, plural):
-        verb, noun = ("haben", "Formen") if plural else ("hat", "Form")
-        return f"Welche Farbe {verb} die {noun} {self.POS[position]}?"
-
-    def q_shape(self, position):
-        return f"Welche Form ist {self.POS[position]} zu sehen?"
-
-    def q_exists(self, colour, shape):
-        return f"Gibt es {self.noun_phrase(Phrase(1, shape, colour), 'acc')}?"
-
-    def _definite(self, shape: str, plural: bool) -> str:
+    def definite(self, shape: str, plural: bool) -> str:
         noun, gender, plural_noun = self.NOUNS[shape]
         return f"die {plural_noun}" if plural else f"{self.DEFINITE[gender]} {noun}"
-
-    def q_side(self, shape, plural, axis):
-        verb = "Sind" if plural else "Ist"
-        return f"{verb} {self._definite(shape, plural)} {self.POS[axis[0]]} oder {self.POS[axis[1]]}?"
-
-    def q_size(self, shape, plural):
-        return f"{'Sind' if plural else 'Ist'} {self._definite(shape, plural)} klein oder groß?"
-
-    def s_contains(self, side, p):
-        adjective = {"left": "linke", "right": "rechte"}[side]
-        return f"Das {adjective} Bild enthält {self.noun_phrase(p, 'acc')}."
-
-    def s_both(self, shape):
-        return f"Beide Bilder enthalten {self.noun_phrase(Phrase(1, shape), 'acc')}."
-
-    def s_more(self, side, shape):
-        this, other = {"left": ("linken", "rechten"), "right": ("rechten", "linken")}[side]
-        return f"Im {this} Bild gibt es mehr {self.NOUNS[shape][2]} als im {other} Bild."
-
-    def concept(self, shape):
-        return self.NOUNS[shape][0]
 
 
 class French(Grammar):
@@ -284,9 +336,23 @@ class French(Grammar):
            "white": ("blanc", "blanche", "blancs", "blanches"), "black": ("noir", "noire", "noirs", "noires")}
     NUM = {2: "deux", 3: "trois"}
     POS = {"left": "à gauche", "right": "à droite", "top": "en haut", "bottom": "en bas", "centre": "au milieu"}
+    SIDE = {"left": "gauche", "right": "droite"}
     UNVERIFIABLE = ("L'image a été dessinée par un enfant.", "Les formes sont en papier.",
                     "L'image a été peinte hier.", "Quelqu'un a découpé ces formes avec des ciseaux.")
     VOWELS = "aeiouéèêàâîôû"
+    SENTENCES = _forms("""
+        located     {np} {pos}
+        exists      Il y a {np} {pos}.
+        absent      Il n'y a pas {de_noun} dans l'image.
+        q_colour    De quelle couleur est la forme {pos} ? | De quelle couleur sont les formes {pos} ?
+        q_shape     Quelle forme y a-t-il {pos} ?
+        q_exists    Y a-t-il {np} ?
+        q_side      {ask} est {a} ou {b} ? | {ask} sont {a} ou {b} ?
+        q_size      {ask} est {small} ou {large} ? | {ask} sont {small} ou {large} ?
+        s_contains  L'image de {side} contient {np}.
+        s_both      Les deux images contiennent {np}.
+        s_more      Il y a plus {de_nouns} dans l'image de {side} que dans l'image de {other}.
+    """)
 
     def adjective(self, word: str, gender: str, plural: bool) -> str:
         return self.ADJ[word][(2 if plural else 0) + (1 if gender == "f" else 0)]
@@ -302,12 +368,6 @@ class French(Grammar):
             words.append(self.adjective(p.colour, gender, plural))
         return " ".join(words)
 
-    def located_phrase(self, p, position):
-        return f"{self.noun_phrase(p)} {self.POS[position]}"
-
-    def _de(self, word: str) -> str:
-        return "d'" + word if word[0] in self.VOWELS else "de " + word
-
     def caption(self, groups, template):
         listed = " et ".join(self.located_phrase(p, pos) for p, pos in groups)
         if template == 0:
@@ -317,26 +377,11 @@ class French(Grammar):
         prefix = {2: "Il y a", 3: "L'image montre", 4: "Une image avec"}[template]
         return f"{prefix} {listed}."
 
-    def exists(self, p, position):
-        return f"Il y a {self.located_phrase(p, position)}."
+    def _elided(self, short: str, word: str) -> str:
+        """``short`` (``de``, ``que``) before ``word``, elided before a vowel."""
+        return short[:-1] + "'" + word if word[0] in self.VOWELS else short + " " + word
 
-    def absent(self, shape):
-        return f"Il n'y a pas {self._de(self.NOUNS[shape][0])} dans l'image."
-
-    def unverifiable(self, k):
-        return self.UNVERIFIABLE[k]
-
-    def q_colour(self, position, plural):
-        subject = "sont les formes" if plural else "est la forme"
-        return f"De quelle couleur {subject} {self.POS[position]} ?"
-
-    def q_shape(self, position):
-        return f"Quelle forme y a-t-il {self.POS[position]} ?"
-
-    def q_exists(self, colour, shape):
-        return f"Y a-t-il {self.noun_phrase(Phrase(1, shape, colour))} ?"
-
-    def _definite(self, shape: str, plural: bool) -> str:
+    def definite(self, shape: str, plural: bool) -> str:
         noun, gender, plural_noun = self.NOUNS[shape]
         if plural:
             return f"les {plural_noun}"
@@ -344,33 +389,20 @@ class French(Grammar):
             return "l'" + noun
         return ("la " if gender == "f" else "le ") + noun
 
-    def _est_ce_que(self, subject: str) -> str:
-        return "Est-ce qu'" + subject if subject[0] in self.VOWELS else "Est-ce que " + subject
+    def field_de_noun(self, about: About) -> str:
+        return self._elided("de", self.noun_word(about.shape))
 
-    def q_side(self, shape, plural, axis):
-        verb = "sont" if plural else "est"
-        subject = self._est_ce_que(self._definite(shape, plural))
-        return f"{subject} {verb} {self.POS[axis[0]]} ou {self.POS[axis[1]]} ?"
+    def field_de_nouns(self, about: About) -> str:
+        return self._elided("de", self.noun_word(about.shape, plural=True))
 
-    def q_size(self, shape, plural):
-        gender = self.NOUNS[shape][1]
-        small, large = (self.adjective(w, gender, plural) for w in ("small", "large"))
-        subject = self._est_ce_que(self._definite(shape, plural))
-        return f"{subject} {'sont' if plural else 'est'} {small} ou {large} ?"
+    def field_ask(self, about: About) -> str:
+        return "Est-ce " + self._elided("que", self.definite(about.shape, about.plural))
 
-    def s_contains(self, side, p):
-        return f"L'image de {'gauche' if side == 'left' else 'droite'} contient {self.noun_phrase(p)}."
+    def field_small(self, about: About) -> str:
+        return self.adjective("small", self.gender(about.shape), about.plural)
 
-    def s_both(self, shape):
-        return f"Les deux images contiennent {self.noun_phrase(Phrase(1, shape))}."
-
-    def s_more(self, side, shape):
-        this, other = ("gauche", "droite") if side == "left" else ("droite", "gauche")
-        return (f"Il y a plus {self._de(self.NOUNS[shape][2])} dans l'image de {this} "
-                f"que dans l'image de {other}.")
-
-    def concept(self, shape):
-        return self.NOUNS[shape][0]
+    def field_large(self, about: About) -> str:
+        return self.adjective("large", self.gender(about.shape), about.plural)
 
 
 class Czech(Grammar):
@@ -389,8 +421,24 @@ class Czech(Grammar):
                ("nom", True): {"m": "é", "f": "é"}, ("acc", True): {"m": "é", "f": "é"}}
     NUM = {2: {"m": "dva", "f": "dvě"}, 3: {"m": "tři", "f": "tři"}}
     POS = {"left": "vlevo", "right": "vpravo", "top": "nahoře", "bottom": "dole", "centre": "uprostřed"}
+    SIDE = {"left": ("Levý", "levém"), "right": ("Pravý", "pravém")}  # nominative, locative
+    BE = ("je", "jsou")
+    TABLES = {"ending": ENDINGS[("nom", False)], "zadny": {"m": "žádný", "f": "žádná"}}
     UNVERIFIABLE = ("Obrázek nakreslilo dítě.", "Tvary jsou z papíru.", "Obrázek byl namalován včera.",
                     "Někdo tyto tvary vystřihl nůžkami.")
+    SENTENCES = _forms("""
+        located     {np} {pos}
+        exists      {Pos} {be} {np}.
+        absent      Na obrázku není {zadny} {noun}.
+        q_colour    Jakou barvu má tvar {pos}? | Jakou barvu mají tvary {pos}?
+        q_shape     Jaký tvar je {pos}?
+        q_exists    Je na obrázku {np}?
+        q_side      Je {the_noun} {a}, nebo {b}? | Jsou {the_noun} {a}, nebo {b}?
+        q_size      Je {the_noun} mal{ending}, nebo velk{ending}? | Jsou {the_noun} malé, nebo velké?
+        s_contains  {side[0]} obrázek obsahuje {np_acc}.
+        s_both      Na obou obrázcích je {noun}.
+        s_more      Na {side[1]} obrázku je více {nouns_genitive} než na {other[1]}.
+    """)
 
     def noun_phrase(self, p, case="nom"):
         nom_sg, gender, nom_pl, acc_sg, _ = self.NOUNS[p.shape]
@@ -401,17 +449,11 @@ class Czech(Grammar):
         words.append(nom_pl if plural else (acc_sg if case == "acc" else nom_sg))
         return " ".join(words)
 
-    def located_phrase(self, p, position):
-        return f"{self.noun_phrase(p)} {self.POS[position]}"
-
-    def _be(self, p: Phrase) -> str:
-        return "je" if p.count == 1 else "jsou"
-
     def caption(self, groups, template):
         if template == 0:
             return " a ".join(self.located_phrase(p, pos) for p, pos in groups)
         if template == 1:
-            return _cap(" a ".join(f"{self.POS[pos]} {self._be(p)} {self.noun_phrase(p)}"
+            return _cap(" a ".join(f"{self.POS[pos]} {self.BE[p.count > 1]} {self.noun_phrase(p)}"
                                    for p, pos in groups)) + "."
         if template == 4:
             return _cap(", ".join(f"{self.POS[pos]} vidíme {self.noun_phrase(p, 'acc')}"
@@ -420,50 +462,11 @@ class Czech(Grammar):
         prefix = {2: "Na obrázku vidíme", 3: "Obrázek ukazuje"}[template]
         return f"{prefix} {listed}."
 
-    def exists(self, p, position):
-        return _cap(f"{self.POS[position]} {self._be(p)} {self.noun_phrase(p)}.")
+    def definite(self, shape: str, plural: bool) -> str:
+        return self.noun_word(shape, plural)
 
-    def absent(self, shape):
-        noun, gender = self.NOUNS[shape][:2]
-        return f"Na obrázku není žádn{'á' if gender == 'f' else 'ý'} {noun}."
-
-    def unverifiable(self, k):
-        return self.UNVERIFIABLE[k]
-
-    def q_colour(self, position, plural):
-        verb, noun = ("mají", "tvary") if plural else ("má", "tvar")
-        return f"Jakou barvu {verb} {noun} {self.POS[position]}?"
-
-    def q_shape(self, position):
-        return f"Jaký tvar je {self.POS[position]}?"
-
-    def q_exists(self, colour, shape):
-        return f"Je na obrázku {self.noun_phrase(Phrase(1, shape, colour))}?"
-
-    def _subject(self, shape: str, plural: bool) -> str:
-        noun = self.NOUNS[shape][2 if plural else 0]
-        return f"{'Jsou' if plural else 'Je'} {noun}"
-
-    def q_side(self, shape, plural, axis):
-        return f"{self._subject(shape, plural)} {self.POS[axis[0]]}, nebo {self.POS[axis[1]]}?"
-
-    def q_size(self, shape, plural):
-        ending = self.ENDINGS[("nom", plural)][self.NOUNS[shape][1]]
-        return f"{self._subject(shape, plural)} mal{ending}, nebo velk{ending}?"
-
-    def s_contains(self, side, p):
-        adjective = {"left": "Levý", "right": "Pravý"}[side]
-        return f"{adjective} obrázek obsahuje {self.noun_phrase(p, 'acc')}."
-
-    def s_both(self, shape):
-        return f"Na obou obrázcích je {self.NOUNS[shape][0]}."
-
-    def s_more(self, side, shape):
-        this, other = ("levém", "pravém") if side == "left" else ("pravém", "levém")
-        return f"Na {this} obrázku je více {self.NOUNS[shape][4]} než na {other}."
-
-    def concept(self, shape):
-        return self.NOUNS[shape][0]
+    def field_nouns_genitive(self, about: About) -> str:
+        return self.NOUNS[about.shape][4]
 
 
 class Japanese(Grammar):
@@ -473,21 +476,28 @@ class Japanese(Grammar):
     ADJ = {"small": "小さい", "large": "大きい", "red": "赤い", "green": "緑の", "blue": "青い", "yellow": "黄色い",
            "purple": "紫の", "orange": "オレンジ色の", "white": "白い", "black": "黒い"}
     NUM = {1: "一つ", 2: "二つ", 3: "三つ"}
-    POS = {"left": "左", "right": "右", "top": "上", "bottom": "下", "centre": "中央"}
+    POS = SIDE = {"left": "左", "right": "右", "top": "上", "bottom": "下", "centre": "中央"}
     UNVERIFIABLE = ("この絵は子供が描きました。", "図形は紙でできています。", "この絵は昨日描かれました。",
                     "誰かがはさみでこれらの図形を切り抜きました。")
+    SENTENCES = _forms("""
+        located     {pos}にある{np}
+        exists      {pos}に{bare}が{num}あります。
+        absent      画像には{noun}がありません。
+        q_colour    {pos}の図形は何色ですか？
+        q_shape     {pos}にある図形はどんな形ですか？
+        q_exists    {bare}はありますか？
+        q_side      {noun}は{a}と{b}のどちらにありますか？
+        q_size      {noun}は小さいですか、大きいですか？
+        s_contains  {side}の画像には{bare}が{num}あります。
+        s_both      両方の画像に{noun}があります。
+        s_more      {side}の画像には{other}の画像より多くの{noun}があります。
+    """)
 
     def bare(self, p: Phrase) -> str:
         return "".join(self.ADJ[w] for w in (p.size, p.colour) if w) + self.NOUNS[p.shape]
 
     def noun_phrase(self, p, case="nom"):
         return self.bare(p) if p.count == 1 else f"{self.NUM[p.count]}の{self.bare(p)}"
-
-    def located_phrase(self, p, position):
-        return f"{self.POS[position]}にある{self.noun_phrase(p)}"
-
-    def _clause(self, p: Phrase, position: str, topic: str = "に") -> str:
-        return f"{self.POS[position]}{topic}{self.bare(p)}が{self.NUM[p.count]}"
 
     def caption(self, groups, template):
         if template == 0:
@@ -499,42 +509,8 @@ class Japanese(Grammar):
         body = "あり、".join(self._clause(p, pos) for p, pos in groups) + "あります。"
         return body if template == 1 else "この絵では、" + body
 
-    def exists(self, p, position):
-        return self._clause(p, position) + "あります。"
-
-    def absent(self, shape):
-        return f"画像には{self.NOUNS[shape]}がありません。"
-
-    def unverifiable(self, k):
-        return self.UNVERIFIABLE[k]
-
-    def q_colour(self, position, plural):
-        return f"{self.POS[position]}の図形は何色ですか？"
-
-    def q_shape(self, position):
-        return f"{self.POS[position]}にある図形はどんな形ですか？"
-
-    def q_exists(self, colour, shape):
-        return f"{self.ADJ[colour]}{self.NOUNS[shape]}はありますか？"
-
-    def q_side(self, shape, plural, axis):
-        return f"{self.NOUNS[shape]}は{self.POS[axis[0]]}と{self.POS[axis[1]]}のどちらにありますか？"
-
-    def q_size(self, shape, plural):
-        return f"{self.NOUNS[shape]}は小さいですか、大きいですか？"
-
-    def s_contains(self, side, p):
-        return f"{self.POS[side]}の画像には{self.bare(p)}が{self.NUM[p.count]}あります。"
-
-    def s_both(self, shape):
-        return f"両方の画像に{self.NOUNS[shape]}があります。"
-
-    def s_more(self, side, shape):
-        return (f"{self.POS[side]}の画像には{self.POS[OPPOSITE_SIDE[side]]}の画像より"
-                f"多くの{self.NOUNS[shape]}があります。")
-
-    def concept(self, shape):
-        return self.NOUNS[shape]
+    def _clause(self, p: Phrase, position: str, topic: str = "に") -> str:
+        return f"{self.POS[position]}{topic}{self.bare(p)}が{self.NUM[p.count]}"
 
 
 class Chinese(Grammar):
@@ -546,8 +522,21 @@ class Chinese(Grammar):
                "white": "白色", "black": "黑色"}
     SIZES = {"small": "小", "large": "大"}
     NUM = {1: "一个", 2: "两个", 3: "三个"}
-    POS = {"left": "左边", "right": "右边", "top": "上边", "bottom": "下边", "centre": "中间"}
+    POS = SIDE = {"left": "左边", "right": "右边", "top": "上边", "bottom": "下边", "centre": "中间"}
     UNVERIFIABLE = ("这幅画是一个孩子画的。", "这些图形是用纸做的。", "这幅画是昨天画的。", "有人用剪刀剪下了这些图形。")
+    SENTENCES = _forms("""
+        located     {pos}的{np}
+        exists      {pos}有{np}。
+        absent      图片里没有{noun}。
+        q_colour    {pos}的图形是什么颜色？
+        q_shape     {pos}是什么形状？
+        q_exists    图片里有{bare}吗？
+        q_side      {noun}在{a}还是{b}？
+        q_size      {noun}是小的还是大的？
+        s_contains  {side}的图片里有{np}。
+        s_both      两张图片里都有{noun}。
+        s_more      {side}图片里的{noun}比{other}图片里的多。
+    """)
 
     def bare(self, p: Phrase) -> str:
         colour = self.COLOURS[p.colour] + "的" if p.colour else ""
@@ -555,12 +544,6 @@ class Chinese(Grammar):
 
     def noun_phrase(self, p, case="nom"):
         return self.NUM[p.count] + self.bare(p)
-
-    def located_phrase(self, p, position):
-        return f"{self.POS[position]}的{self.noun_phrase(p)}"
-
-    def _listed(self, groups: Sequence[Located], verb: str) -> str:
-        return "，".join(f"{self.POS[pos]}{verb}{self.noun_phrase(p)}" for p, pos in groups)
 
     def caption(self, groups, template):
         if template == 0:
@@ -573,41 +556,8 @@ class Chinese(Grammar):
             return "画面中，" + self._listed(groups, "有") + "。"
         return self._listed(groups, "画着") + "。"
 
-    def exists(self, p, position):
-        return f"{self.POS[position]}有{self.noun_phrase(p)}。"
-
-    def absent(self, shape):
-        return f"图片里没有{self.NOUNS[shape]}。"
-
-    def unverifiable(self, k):
-        return self.UNVERIFIABLE[k]
-
-    def q_colour(self, position, plural):
-        return f"{self.POS[position]}的图形是什么颜色？"
-
-    def q_shape(self, position):
-        return f"{self.POS[position]}是什么形状？"
-
-    def q_exists(self, colour, shape):
-        return f"图片里有{self.COLOURS[colour]}的{self.NOUNS[shape]}吗？"
-
-    def q_side(self, shape, plural, axis):
-        return f"{self.NOUNS[shape]}在{self.POS[axis[0]]}还是{self.POS[axis[1]]}？"
-
-    def q_size(self, shape, plural):
-        return f"{self.NOUNS[shape]}是小的还是大的？"
-
-    def s_contains(self, side, p):
-        return f"{self.POS[side]}的图片里有{self.noun_phrase(p)}。"
-
-    def s_both(self, shape):
-        return f"两张图片里都有{self.NOUNS[shape]}。"
-
-    def s_more(self, side, shape):
-        return f"{self.POS[side]}图片里的{self.NOUNS[shape]}比{self.POS[OPPOSITE_SIDE[side]]}图片里的多。"
-
-    def concept(self, shape):
-        return self.NOUNS[shape]
+    def _listed(self, groups: Sequence[Located], verb: str) -> str:
+        return "，".join(f"{self.POS[pos]}{verb}{self.noun_phrase(p)}" for p, pos in groups)
 
 
 GRAMMARS = {g.code: g for g in (English(), German(), French(), Czech(), Japanese(), Chinese())}
