@@ -1,6 +1,7 @@
-"""Converters from the annotation files users hold (``python3 -m dataset.convert SUBCOMMAND ...``), writing the retrieval json that
-:mod:`dataset.retrieval` reads (train: one entry per caption ``{"caption", "image", "image_id"}``; val/test: one entry
-per image ``{"image", "caption": [...], "image_id"}``; ``image`` relative to the ``images/`` root):
+"""Converters from the annotation files users hold (``python3 -m dataset.convert SUBCOMMAND ...``), writing the
+retrieval json that :mod:`dataset.retrieval` reads (train: one entry per caption ``{"caption", "image",
+"image_id"}``; val/test: one entry per image ``{"image", "caption": [...], "image_id"}``; ``image`` relative to the
+``images/`` root; docs/data-formats.md#retrieval-json):
 
 * ``karpathy``: Karpathy's ``dataset_coco.json`` / ``dataset_flickr30k.json`` -> ``en.train.json`` (train + restval),
   ``en.valid.json``, ``en.5k_test.json`` and ``en.1k_test.json`` (the first 1000 test images) for COCO

@@ -1,4 +1,5 @@
-"""``--fewshot`` specs (IGLUE few-shot protocol, spec 9.2) resolved to the files of each task.
+"""``--fewshot`` specs resolved to the files of each task (IGLUE's few-shot protocol,
+docs/data-formats.md#few-shot-protocol).
 
 | task | spec | train file (relative to the data root) | evaluation file |
 |---|---|---|---|
@@ -10,10 +11,11 @@
 | itr_coco | ``<l>,<N>`` | first N images of ``data/finetune/mscoco/<l>.train.json`` | ``<l>.1k_test.json`` (zh: ``zh.test.json``) |
 
 As in the reference, the evaluation file of a few-shot run is the target language's **test** set, and the reference
-selected the best epoch on it (no held-out split exists in IGLUE's few-shot data; spec 11 B2). The Multi30K/COCO rows
-are our extension (the reference has no few-shot mode for them). WIT has no IGLUE few-shot split (IGLUE ships no
-non-English WIT training data), so it is not resolved here: ``WIT.py`` implements its own protocol (train on the
-first N images of ``test_<l>``, evaluate on the rest).
+selected the best epoch on it (no held-out split exists in IGLUE's few-shot data;
+docs/data-formats.md#selection-on-test). The Multi30K/COCO rows are our extension (the reference has no few-shot
+mode for them). WIT has no IGLUE few-shot split (IGLUE ships no non-English WIT training data), so it is not
+resolved here: ``WIT.py`` implements its own protocol (train on the first N images of ``test_<l>``, evaluate on the
+rest).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MLM masking of a token-id sequence as the reference pre-training does it (spec section 3.4)."""
+"""MLM masking of a token-id sequence as the reference pre-training does it (docs/data-formats.md#text-masking)."""
 from __future__ import annotations
 
 import random

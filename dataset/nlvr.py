@@ -3,7 +3,8 @@
 Items are ``(left image, right image, statement str, label int)``: the statement is cleaned with
 ``pre_caption(., 30)`` and left as a string for the task script to tokenise; label 1 = true, 0 = false. Labels may be
 JSON booleans (MaRVL) or the strings ``"True"``/``"False"`` (NLVR2); anything else is an error naming file and line.
-Each image gets the transform independently (the reference flips them independently too, spec 11 B4).
+Each image gets the transform independently (the reference flips them independently too,
+docs/data-formats.md#nlvr-independent-flips).
 
 Readable files:
 

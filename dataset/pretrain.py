@@ -1,5 +1,6 @@
-"""Pre-training data (spec section 4): image + multilingual captions, monolingual image-text, parallel text and 4M
-regions, read from jsonl shards, as DataLoaders whose batches are the model's forward keyword arguments.
+"""Pre-training data (docs/data-formats.md#pre-training-records): image + multilingual captions, monolingual
+image-text, parallel text and 4M regions, read from jsonl shards, as DataLoaders whose batches are the model's
+forward keyword arguments.
 
 Config: the reference's blocks and keys. File lists ``train_file`` (block ``images``), ``train_file_mono``
 (``images_mono``), ``train_file_text`` (``texts_para``), ``train_file_regions`` (``regions``); top-level

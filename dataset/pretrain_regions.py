@@ -1,5 +1,5 @@
-"""4M region records (spec 4.4): a crop that contains a chosen box, a careful horizontal flip, region items with
-patch masks and target boxes, and the collate to a fixed number of (region, text) pairs.
+"""4M region records (docs/data-formats.md#region-records): a crop that contains a chosen box, a careful horizontal
+flip, region items with patch masks and target boxes, and the collate to a fixed number of (region, text) pairs.
 
 Record: ``{"binary": b64 (or a path), "caption": optional whole-image caption, "elems": [{"bb": [x, y, w, h],
 "caption": {lang: text} or a list of such dicts, "attributes": optional}, ...]}``.
@@ -19,8 +19,8 @@ Boxes: boxes are first clipped to the image (the reference asserted that the cho
 record otherwise); a box without area inside the image is ignored. A malformed box (not 4 numbers, w or h <= 0), or
 no box overlapping the image, is a BadRecordError.
 
-Attributes (open question 1 of the spec): a dict language -> string or list of strings, a string, or a list of
-strings. With ``code_switch`` the attribute's language is drawn at random, otherwise it is the caption's (no
+Attributes (docs/data-formats.md#region-attributes): a dict language -> string or list of strings, a string, or a
+list of strings. With ``code_switch`` the attribute's language is drawn at random, otherwise it is the caption's (no
 attribute if absent). A list gives its first entry (as the reference's ``[0]``), a string is used whole (the
 reference's ``[0]`` would take its first character).
 """
@@ -219,7 +219,8 @@ class RegionProcessor:
 
 
 class RegionCollate:
-    """Records -> one region batch of exactly ``batch_size`` (region, text) pairs (spec 4.4, spares before copies)."""
+    """Records -> one region batch of exactly ``batch_size`` (region, text) pairs, spares before copies
+    (docs/data-formats.md#region-batch-padding)."""
 
     def __init__(self, batch_size: int):
         if batch_size < 1:

@@ -1,9 +1,9 @@
 """Image-text retrieval datasets: Multi30K / MSCOCO json, xFlickr&CO (and Flickr30K) jsonl, WIT jsonl.
 
 Text is returned as cleaned strings (``pre_caption``); the task script tokenises (its tokenizer, padding and
-truncation differ per task, spec 10.1). Captions are cleaned when the file is read, so a bad caption fails early with
-its file and line. Images are opened lazily in ``__getitem__``; a missing image raises an error naming the image file
-and the annotation file/line that refers to it.
+truncation differ per task, docs/data-formats.md#text-handling-per-task). Captions are cleaned when the file is
+read, so a bad caption fails early with its file and line. Images are opened lazily in ``__getitem__``; a missing
+image raises an error naming the image file and the annotation file/line that refers to it.
 
 Training items are ``(image, caption, idx)`` where ``idx`` is the dense index of the caption's image (captions of the
 same image, in any language, share it: they are positives for ITC and never ITM negatives). Evaluation datasets hold

@@ -150,7 +150,8 @@ class SceneImagesBuilder(Builder):
 
 
 class PretrainBuilder(Builder):
-    """Pre-training shards (spec-model-pretrain 4.2): image + multilingual captions, and regions with boxes."""
+    """Pre-training shards (docs/data-formats.md#pre-training-records): image + multilingual captions, and regions
+    with boxes."""
 
     def __init__(self, ctx):
         super().__init__(ctx)

@@ -26,7 +26,7 @@ scenes also differ from each other, so retrieval on them is well defined. The de
 languages); ``pretrain_caption_languages=("en",)`` makes the pre-training image captions English-only, leaving the
 parallel text as the only route to the other languages.
 
-Layout under the output folder (spec-finetune 1.4 and the IGLUE repository; names are the real ones)::
+Layout under the output folder (docs/data-formats.md#layout and the IGLUE repository; names are the real ones)::
 
     manifest.json                           parameters, format version and every file written
     tokenizer/                              Unigram tokenizer in the XLM-R id layout, trained on training text only
