@@ -1,6 +1,8 @@
 """Pre-training data (docs/data-formats.md#pre-training-records): image + multilingual captions, monolingual
-image-text, parallel text and 4M regions, read from jsonl shards, as DataLoaders whose batches are the model's
-forward keyword arguments.
+image-text, parallel text and 4M regions, read from jsonl shards (dataset.shards) or webdataset tar shards
+(dataset.tars; not parallel text), local or remote (fsspec URLs, brace patterns: dataset.sources), as DataLoaders
+whose batches are the model's forward keyword arguments. A file list whose entries are ``.tar`` files (or folders of
+them) is read as tar shards.
 
 Config: the reference's blocks and keys. File lists ``train_file`` (block ``images``), ``train_file_mono``
 (``images_mono``), ``train_file_text`` (``texts_para``), ``train_file_regions`` (``regions``); top-level
@@ -8,7 +10,10 @@ Config: the reference's blocks and keys. File lists ``train_file`` (block ``imag
 ``patch_size``, ``sample_2_captions`` (``texts_para`` has its own max_words/max_tokens/mask_prob/max_masks).
 Data-reading keys, in a block or at the top level (block first): ``skip_bad_samples`` (False),
 ``max_bad_fraction`` (0.01), ``min_records_for_bad_check`` (100), ``shuffle_buffer`` (0: stream order, as the
-reference), ``image_root`` (for ``is_image_rpath``; default: the jsonl file's folder).
+reference), ``image_root`` (for ``is_image_rpath``; default: the jsonl file's folder), ``image_ext`` (tar shards: the
+image member's extensions, first found wins; default ``jpg;jpeg;png;webp``).
+Top level only: ``sample_log`` (False; True logs every processed sample's id per pass and worker under
+``output_dir/sample_log/``, see dataset.shards).
 
 Batches (see dataset.shards for the split over ranks and workers, and the resume position):
 * images: image, text_ids, text_atts, text_ids_masked, masked_pos, masked_ids (+ the same with ``_2`` for a second
@@ -33,7 +38,10 @@ from dataset.masking import TextMasker
 from dataset.pretrain_common import TextSpec, choose_captions, collate_samples, read_record_image, require
 from dataset.pretrain_regions import RegionCollate, RegionProcessor
 from dataset.shards import BadRecordError, LineRef, ShardedJsonl, ShardedJsonlDataset, derived_seed, keep_batch
+from dataset.sources import list_data_files
+from dataset.tars import IMAGE_EXTS, TAR_SUFFIXES, ShardedTars, TarLayout, is_tar_shard
 from dataset.transforms import build_transform
+from utils.remote import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +115,42 @@ def _file_list(config: dict, key: str, root) -> list[str]:
     value = config.get(key) or []
     if isinstance(value, (str, os.PathLike)):
         value = [value]
-    return [str(Path(root) / p) if root and not Path(p).is_absolute() else str(p) for p in value]
+    return [str(Path(root) / p) if root and not is_url(p) and not Path(p).is_absolute() else str(p) for p in value]
+
+
+def is_tar_source(files: list[str], what: str) -> bool:
+    """Whether a file list names webdataset tar shards (files or folders of them) rather than jsonl shards."""
+    kinds = set()
+    for entry in files:
+        if is_tar_shard(entry) or entry.endswith(".jsonl"):
+            kinds.add(is_tar_shard(entry))
+            continue
+        try:
+            list_data_files(entry, TAR_SUFFIXES)
+            kinds.add(True)
+        except FileNotFoundError:
+            kinds.add(False)  # a folder of jsonl shards (or an error the jsonl reader reports)
+    if len(kinds) > 1:
+        raise ValueError(f"config: {what} mixes tar shards and jsonl files; give one kind per source")
+    return kinds == {True}
+
+
+def build_reader(name: str, config: dict, block: dict, files: list[str], rank: int, world_size: int, seed: int):
+    """The source's ShardedTars (tar shards) or ShardedJsonl (jsonl files)."""
+    files_key, block_name = SOURCES[name]
+    shuffle = bool(block.get("shuffle", True))
+    shuffle_buffer = int(_get(config, block, "shuffle_buffer", 0))
+    if not is_tar_source(files, files_key):
+        return ShardedJsonl(files, rank, world_size, seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer)
+    if name == "texts_para":
+        raise ValueError(f"config: {files_key} names tar shards; parallel text is read from jsonl files")
+    exts = block.get("image_ext", ";".join(IMAGE_EXTS))
+    layout = TarLayout(image_exts=tuple(e.strip().lower() for e in str(exts).split(";") if e.strip()),
+                       image_key=block.get("image_key", "binary"),
+                       caption_key=block.get("caption_key", "desc" if name == "images_mono" else "caption"),
+                       caption_required=name != "regions")
+    return ShardedTars(files, rank, world_size, seed, shuffle=shuffle, shuffle_buffer=shuffle_buffer, layout=layout,
+                       skip_bad_samples=bool(_get(config, block, "skip_bad_samples", False)))
 
 
 def text_spec(config: dict, block: dict, block_name: str, tokenizer) -> TextSpec:
@@ -151,6 +194,15 @@ def build_processor(name: str, config: dict, tokenizer, root=None):
     return process, collate_samples, batch_size
 
 
+def sample_log_folder(config: dict) -> Path | None:
+    """``output_dir/sample_log`` when ``sample_log`` is on (every processed sample's id, per pass and worker)."""
+    if not config.get("sample_log"):
+        return None
+    if not config.get("output_dir"):
+        raise KeyError("config: sample_log needs output_dir (the log goes to output_dir/sample_log)")
+    return Path(config["output_dir"]) / "sample_log"
+
+
 def build_pretrain_datasets(config: dict, tokenizer, rank: int = 0, world_size: int = 1, seed: int = 0,
                             epoch: int = 0, root=None, repeat: bool = True) -> dict[str, ShardedJsonlDataset]:
     """One ShardedJsonlDataset per configured source with files (names as in SOURCES)."""
@@ -161,13 +213,13 @@ def build_pretrain_datasets(config: dict, tokenizer, rank: int = 0, world_size: 
             continue
         block = _block(config, block_name)
         process, collate, batch_size = build_processor(name, config, tokenizer, root)
-        reader = ShardedJsonl(files, rank, world_size, seed, shuffle=bool(block.get("shuffle", True)),
-                              shuffle_buffer=int(_get(config, block, "shuffle_buffer", 0)))
+        reader = build_reader(name, config, block, files, rank, world_size, seed)
         datasets[name] = ShardedJsonlDataset(
             reader, process, collate, batch_size, epoch=epoch, repeat=repeat,
             skip_bad_samples=bool(_get(config, block, "skip_bad_samples", False)),
             max_bad_fraction=float(_get(config, block, "max_bad_fraction", 0.01)),
-            min_records_for_bad_check=int(_get(config, block, "min_records_for_bad_check", 100)), name=name)
+            min_records_for_bad_check=int(_get(config, block, "min_records_for_bad_check", 100)), name=name,
+            sample_log=sample_log_folder(config))
     return datasets
 
 

@@ -97,8 +97,11 @@ class TextSpec:
 
 
 def read_record_image(record: dict, image_key: str, is_path: bool, ref: LineRef, image_root=None):
-    """The record's image: base64 data, or a path (relative ones against ``image_root``, else the jsonl's folder)."""
+    """The record's image: base64 data, a path (relative ones against ``image_root``, else the jsonl's folder), or
+    the encoded bytes of a tar member."""
     value = require(record, image_key, ref)
+    if isinstance(value, bytes):  # a tar shard's image member (dataset.tars)
+        return load_image(value, where=ref)
     if not is_path:
         return load_image(value, base64=True, where=ref)
     if not isinstance(value, str) or not value:

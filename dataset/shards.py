@@ -2,7 +2,9 @@
 an order drawn from (seed, epoch), a resumable position, and errors that name file and line.
 
 How a pass is split
-  * Files: the listed ``.jsonl`` files and the ``.jsonl`` files of the listed folders, sorted by path.
+  * Files: the listed ``.jsonl`` files and the ``.jsonl`` files of the listed folders, sorted by path; local paths
+    or fsspec URLs, brace patterns expanded (dataset.sources). Every worker of a rank reads the rank's bytes, which
+    costs nothing extra locally but W downloads remotely: fine for parallel text, use tar shards for images.
   * Ranks (byte ranges, so one file and many ranks works): for pass ``epoch`` the files are put in an order drawn
     from (seed, epoch) and seen as one byte stream of T bytes. Rank r of R reads the lines that START in bytes
     [T*r//R, T*(r+1)//R). Ranks are therefore disjoint and complete for any number of files; each reads about T/R
@@ -41,6 +43,9 @@ Bad records
   ``BadRecordError`` (a ValueError) names ``file:line``. With ``skip_bad_samples`` the record is logged, counted and
   skipped; a worker raises ``BadDataError`` once more than ``max_bad_fraction`` of the records it has read were bad
   (checked from ``min_records_for_bad_check`` records on; the count runs over passes, per worker).
+
+The same split, batching, resume and bad-record rules serve webdataset tar shards (dataset.tars), whose reader splits
+by sample counts instead of bytes and dealing.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from dataset.sources import DataPath, file_size, list_data_files, open_binary
 from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -80,29 +86,10 @@ class BadDataError(UserError, RuntimeError):
 
 # ------------------------------------------------------------------------------------------------- file listing
 
-def list_jsonl_files(paths: PathLike | Sequence[PathLike]) -> list[Path]:
-    """The ``.jsonl`` files named by ``paths`` (files, or folders whose ``.jsonl`` files are taken), sorted by path."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    files: set[Path] = set()
-    for entry in paths:
-        text = str(entry)
-        if "://" in text:
-            raise ValueError(f"{text}: remote paths are not supported; copy or mount the shards locally")
-        path = Path(text)
-        if path.is_dir():
-            found = [p for p in path.iterdir() if p.is_file() and p.suffix == ".jsonl"
-                     and not p.name.startswith((".", "_"))]
-            if not found:
-                raise FileNotFoundError(f"{path}: the folder holds no .jsonl file")
-            files.update(found)
-        elif path.is_file():
-            files.add(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    if not files:
-        raise ValueError("no data file was given")
-    return sorted(files)
+def list_jsonl_files(paths: PathLike | Sequence[PathLike]) -> list[DataPath]:
+    """The ``.jsonl`` files named by ``paths`` (files, folders whose ``.jsonl`` files are taken, brace patterns;
+    local paths or fsspec URLs, see dataset.sources), sorted by path."""
+    return list_data_files(paths, ".jsonl")
 
 
 # ------------------------------------------------------------------------------------------------- locations
@@ -116,7 +103,7 @@ def line_number_at(path: str, offset: int) -> int:
     if offset < known_offset:
         known_offset, known_line = 0, 1
     newlines, remaining = 0, offset - known_offset
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         f.seek(known_offset)
         while remaining > 0:
             chunk = f.read(min(1 << 22, remaining))
@@ -143,6 +130,10 @@ class LineRef:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}"
+
+    @property
+    def sample_id(self) -> str:
+        return f"{self.path}@{self.offset}"
 
 
 @dataclass(frozen=True)
@@ -183,7 +174,11 @@ def rank_byte_ranges(sizes: Sequence[int], order: Sequence[int], rank: int,
                      world_size: int) -> list[tuple[int, int, int]]:
     """(file index, start, end) byte ranges of rank ``rank``: lines starting there are its lines."""
     total = sum(sizes)
-    lo, hi = total * rank // world_size, total * (rank + 1) // world_size
+    return ranges_between(sizes, order, total * rank // world_size, total * (rank + 1) // world_size)
+
+
+def ranges_between(sizes: Sequence[int], order: Sequence[int], lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(file index, start, end) pieces of the units [lo, hi) of the files' concatenation in ``order``."""
     ranges, base = [], 0
     for index in order:
         start, end = max(lo, base), min(hi, base + sizes[index])
@@ -193,9 +188,9 @@ def rank_byte_ranges(sizes: Sequence[int], order: Sequence[int], rank: int,
     return ranges
 
 
-def iter_lines_starting_in(path: Path, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+def iter_lines_starting_in(path: DataPath, start: int, end: int) -> Iterator[tuple[int, bytes]]:
     """(offset, line) for every line of ``path`` whose first byte lies in [start, end)."""
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         if start > 0:
             f.seek(start - 1)
             if f.read(1) != b"\n":
@@ -212,15 +207,18 @@ def iter_lines_starting_in(path: Path, start: int, end: int) -> Iterator[tuple[i
 
 # ------------------------------------------------------------------------------------------------- the reader
 
-class ShardedJsonl:
-    """The records of a set of jsonl shards, split over ranks and worker roles per pass (see the module doc)."""
+class ShardedSource:
+    """What the readers of sharded files share: the file list, this rank, the seed, the shuffles.
 
-    def __init__(self, paths: PathLike | Sequence[PathLike], rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, shuffle_buffer: int = 0):
+    A reader's ``rank_records(epoch, role, n_roles)`` yields worker role ``role``'s raw records of pass ``epoch``
+    (objects with ``ref`` and ``parse()``); ShardedJsonlDataset batches them.
+    """
+
+    def __init__(self, files: list[DataPath], rank: int, world_size: int, seed: int, shuffle: bool,
+                 shuffle_buffer: int):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        self.files = list_jsonl_files(paths)
-        self.sizes = [f.stat().st_size for f in self.files]
+        self.files = files
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
 
@@ -228,6 +226,26 @@ class ShardedJsonl:
         """A short name of the data for messages."""
         first = str(self.files[0])
         return first if len(self.files) == 1 else f"{first} and {len(self.files) - 1} more files"
+
+    def rank_records(self, epoch: int, role: int = 0, n_roles: int = 1) -> Iterator:
+        raise NotImplementedError
+
+    def role_records(self, epoch: int, role: int, n_roles: int) -> Iterator:
+        """Worker role ``role``'s records of pass ``epoch`` (its share of the rank's records, then the buffer)."""
+        dealt = self.rank_records(epoch, role, n_roles)
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = random.Random(derived_seed(self.seed, epoch, self.rank, role, "buffer"))
+            return shuffle_buffered(dealt, self.shuffle_buffer, rng)
+        return dealt
+
+
+class ShardedJsonl(ShardedSource):
+    """The records of a set of jsonl shards, split over ranks and worker roles per pass (see the module doc)."""
+
+    def __init__(self, paths: PathLike | Sequence[PathLike], rank: int = 0, world_size: int = 1, seed: int = 0,
+                 shuffle: bool = True, shuffle_buffer: int = 0):
+        super().__init__(list_jsonl_files(paths), rank, world_size, seed, shuffle, shuffle_buffer)
+        self.sizes = [file_size(f) for f in self.files]
 
     def rank_records(self, epoch: int, role: int = 0, n_roles: int = 1) -> Iterator[RawRecord]:
         """This rank's records of pass ``epoch`` in stream order; with roles, only every ``n_roles``-th from ``role``."""
@@ -241,14 +259,6 @@ class ShardedJsonl:
                 if count % n_roles == role:
                     yield RawRecord(line, LineRef(str(path), index, offset))
                 count += 1
-
-    def role_records(self, epoch: int, role: int, n_roles: int) -> Iterator[RawRecord]:
-        """Worker role ``role``'s records of pass ``epoch`` (every ``n_roles``-th record, then the shuffle buffer)."""
-        dealt = self.rank_records(epoch, role, n_roles)
-        if self.shuffle and self.shuffle_buffer > 1:
-            rng = random.Random(derived_seed(self.seed, epoch, self.rank, role, "buffer"))
-            return shuffle_buffered(dealt, self.shuffle_buffer, rng)
-        return dealt
 
 
 def shuffle_buffered(items: Iterable, size: int, rng: random.Random) -> Iterator:
@@ -318,22 +328,28 @@ def keep_batch(batch):
 
 
 class ShardedJsonlDataset(IterableDataset):
-    """Batches of processed records from :class:`ShardedJsonl`; use with ``DataLoader(batch_size=None)``.
+    """Batches of processed records from a :class:`ShardedSource` (:class:`ShardedJsonl`, or dataset.tars's
+    ShardedTars); use with ``DataLoader(batch_size=None)``.
 
-    ``process(record: dict, ref: LineRef, rng: random.Random) -> sample`` turns one record into a sample (raising
+    ``process(record: dict, ref, rng: random.Random) -> sample`` turns one record into a sample (raising
     BadRecordError for bad input) and ``collate(samples, rng) -> batch`` makes a batch. Both run in the worker, with
-    torch's CPU generator seeded per sample (per batch for ``collate``).
+    torch's CPU generator seeded per sample (per batch for ``collate``). With ``sample_log`` (a folder) every worker
+    appends ``pass<TAB>sample id`` for each sample it processes to ``<name>-rank<r>-worker<w>.tsv`` there (the id:
+    ``file@byte offset`` for jsonl, ``shard#key`` for tars), which lets a test check that a pass saw every sample
+    once (the top-up samples of a last batch are not processed again, so not logged again).
     """
 
-    def __init__(self, reader: ShardedJsonl, process: Callable, collate: Callable, batch_size: int,
+    def __init__(self, reader: ShardedSource, process: Callable, collate: Callable, batch_size: int,
                  epoch: int = 0, repeat: bool = False, skip_bad_samples: bool = False,
-                 max_bad_fraction: float = 0.01, min_records_for_bad_check: int = 100, name: str = "data"):
+                 max_bad_fraction: float = 0.01, min_records_for_bad_check: int = 100, name: str = "data",
+                 sample_log: PathLike | None = None):
         if batch_size < 1:
             raise ValueError(f"{name}: batch_size must be positive, got {batch_size}")
         self.reader, self.process, self.collate = reader, process, collate
         self.batch_size, self.repeat, self.name = batch_size, repeat, name
         self.skip_bad_samples, self.max_bad_fraction = skip_bad_samples, max_bad_fraction
         self.min_records_for_bad_check = min_records_for_bad_check
+        self.sample_log, self._log_file = sample_log, None
         # Shared memory, so that persistent DataLoader workers see set_epoch/set_position made after they started.
         self._position = multiprocessing.RawArray("q", [epoch, 0])
 
@@ -420,7 +436,19 @@ class ShardedJsonlDataset(IterableDataset):
             counter.failed(error)
             return None
         counter.good()
+        if self.sample_log is not None:
+            self._log_sample(epoch, raw.ref)
         return sample
+
+    def _log_sample(self, epoch: int, ref) -> None:
+        """Append (pass, sample id) to this worker's file under ``sample_log`` (line-buffered: a kill loses nothing)."""
+        if self._log_file is None or self._log_file[0] != os.getpid():
+            info = get_worker_info()
+            folder = Path(self.sample_log)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{self.name}-rank{self.reader.rank}-worker{info.id if info is not None else 0}.tsv"
+            self._log_file = (os.getpid(), open(folder / name, "a", encoding="utf-8", buffering=1))
+        self._log_file[1].write(f"{epoch}\t{ref.sample_id}\n")
 
     def _collate(self, samples: list, epoch: int, role: int, batch_index: int):
         seed = derived_seed(self.reader.seed, self.name, epoch, self.reader.rank, role, batch_index, "collate")

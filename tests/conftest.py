@@ -94,3 +94,27 @@ def random_checkpoint(tmp_path_factory):
         return str(made[key])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def local_s3():
+    """A real S3-compatible server for the session: moto's server in its own process on 127.0.0.1 and a free port
+    (bench/local_s3.py), stopped at the end; the AWS_* variables point S3 clients, and child processes, at it."""
+    pytest.importorskip("moto", reason="moto[server] (requirements-test.txt) provides the local S3 server")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_local_s3", ROOT / "bench" / "local_s3.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with module.LocalS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(local_s3, request):
+    """``s3://<a new bucket>`` on the session's local S3 server."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
+    return local_s3.make_bucket(name)

@@ -88,3 +88,70 @@ def test_bad_rows_name_file_and_line(tmp_path):
     with pytest.raises(PrepareError, match="already holds 1 .jsonl"):
         main(["parallel", "--tsv", str(tmp_path / "ok.tsv"), "--src-lang", "en", "--tgt-lang", "de",
               "--out", str(tmp_path / "o4")])
+
+
+def tar_members(path):
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+def test_images_as_tar_shards(tmp_path):
+    make_images(tmp_path / "imgs", {"a.png": (255, 0, 0), "b.jpg": (0, 255, 0), "c.bmp": (0, 0, 255)})
+    (tmp_path / "caps.csv").write_text("image,en,de\na.png,a red square,ein rotes quadrat\nb.jpg,green,grün\n"
+                                       "c.bmp,blue,blau\n")
+    paths = main(["images", "--images", str(tmp_path / "imgs"), "--captions", str(tmp_path / "caps.csv"),
+                  "--out", str(tmp_path / "out"), "--shard-size", "2", "--format", "tar"])
+    assert [Path(p).name for p in paths] == ["part-00000.tar", "part-00001.tar"]
+    first, second = tar_members(paths[0]), tar_members(paths[1])
+    assert sorted(first) == ["000000000.json", "000000000.png", "000000001.jpg", "000000001.json"]
+    assert first["000000000.png"] == (tmp_path / "imgs" / "a.png").read_bytes()  # the file's bytes, unchanged
+    assert json.loads(first["000000000.json"]) == {"caption": {"en": "a red square", "de": "ein rotes quadrat"}}
+    assert sorted(second) == ["000000002.json", "000000002.png"]  # BMP is re-encoded as PNG
+    assert Image.open(io.BytesIO(second["000000002.png"])).getpixel((1, 1)) == (0, 0, 255)
+    stats = [json.loads((tmp_path / "out" / f"part-0000{i}_stats.json").read_text())["successes"] for i in (0, 1)]
+    assert stats == [2, 1]
+
+
+def test_stats_for_tars_made_elsewhere(tmp_path, s3_bucket):
+    from webdataset import TarWriter
+
+    from utils.remote import url_filesystem
+
+    (tmp_path / "d").mkdir()
+    for shard, n in (("00000", 3), ("00001", 2)):
+        with TarWriter(str(tmp_path / "d" / f"{shard}.tar")) as writer:
+            for i in range(n):
+                writer.write({"__key__": f"{shard}{i:04d}", "jpg": b"x", "txt": "a caption", "json": {"i": i}})
+    written = main(["stats", str(tmp_path / "d" / "{00000..00001}.tar")])
+    assert [Path(p).name for p in written] == ["00000_stats.json", "00001_stats.json"]
+    assert json.loads((tmp_path / "d" / "00000_stats.json").read_text())["successes"] == 3
+    assert main(["stats", str(tmp_path / "d")]) == []  # existing counts are kept
+    fs, root = url_filesystem(s3_bucket)
+    fs.put_file(str(tmp_path / "d" / "00001.tar"), f"{root}/w/00001.tar")
+    assert main(["stats", f"{s3_bucket}/w/"]) == [f"{s3_bucket}/w/00001_stats.json"]
+    assert json.loads(fs.cat_file(f"{root}/w/00001_stats.json"))["successes"] == 2
+    data = (tmp_path / "d" / "00000.tar").read_bytes()
+    (tmp_path / "d" / "00000.tar").write_bytes(data[:len(data) // 3])
+    with pytest.raises(PrepareError, match=r"00000.tar: unreadable tar after \d samples .* repair or remove"):
+        main(["stats", str(tmp_path / "d" / "00000.tar"), "--overwrite"])
+
+
+def test_jsonl_to_tars_written_straight_to_s3(tmp_path, s3_bucket):
+    from utils.remote import url_filesystem
+
+    make_images(tmp_path / "imgs", {"a.png": (1, 2, 3)})
+    (tmp_path / "caps.csv").write_text("image,en\na.png,one\na.png,two\n")
+    main(["images", "--images", str(tmp_path / "imgs"), "--captions", str(tmp_path / "caps.csv"),
+          "--out", str(tmp_path / "jsonl")])
+    out = f"{s3_bucket}/tars"
+    assert main(["tars", "--jsonl", str(tmp_path / "jsonl"), "--out", out]) == [f"{out}/part-00000.tar"]
+    fs, root = url_filesystem(out)
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(root)) == ["part-00000.tar", "part-00000_stats.json"]
+    with pytest.raises(PrepareError, match="already holds 1 .tar"):
+        main(["tars", "--jsonl", str(tmp_path / "jsonl"), "--out", out])
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"binary": "###", "caption": "x"}) + "\n")
+    with pytest.raises(PrepareError, match=r"bad\.jsonl:1: invalid base64"):
+        main(["tars", "--jsonl", str(tmp_path / "bad.jsonl"), "--out", f"{s3_bucket}/bad"])
+    assert not fs.exists(f"{root.split('/')[0]}/bad/part-00000.tar")

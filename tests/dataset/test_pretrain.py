@@ -223,3 +223,70 @@ def test_batches_match_the_golden_model_inputs(golden_dir, tmp_path, tiny_tokeni
                 assert batch[k].dtype == v.dtype and batch[k].shape[1:] == v.shape[1:], (name, k)
             else:
                 assert batch[k] == v
+
+
+def as_tars(jsonl, out, shard_size=2):
+    """Our jsonl shards -> tar shards through ``python3 -m dataset.prepare tars``."""
+    from dataset.prepare import main
+
+    return main(["tars", "--jsonl", str(jsonl), "--out", str(out), "--shard-size", str(shard_size)])
+
+
+def test_tar_shards_give_the_batches_of_the_jsonl_they_were_made_from(tmp_path, tiny_tokenizer):
+    captions = [{"en": "a red circle", "de": "ein roter kreis"}, {"en": "two blue squares", "fr": "deux carrés"}]
+    records = [{"binary": png_b64((40 * i, 9, 9)), "caption": captions[i % 2]} for i in range(5)]
+    write_jsonl(tmp_path / "img" / "part-0.jsonl", records)
+    regions = {"binary": png_b64(size=(64, 64)), "caption": {"en": "a scene"},
+               "elems": [{"bb": [4, 4, 30, 30], "caption": {"en": "a red circle on the left"}}]}
+    write_jsonl(tmp_path / "reg" / "part-0.jsonl", [regions] * 3)
+    assert len(as_tars(tmp_path / "img", tmp_path / "img_tar")) == 3
+    as_tars(tmp_path / "reg", tmp_path / "reg_tar")
+    for source, jsonl, tar in (("images", "img", "img_tar"), ("regions", "reg", "reg_tar")):
+        key = "train_file" if source == "images" else "train_file_regions"
+        batches = {}
+        for folder in (jsonl, tar):
+            config = make_config(**{key: [str(tmp_path / folder)]}, sample_2_captions=source == "images",
+                                 images=dict(shuffle=False), regions=dict(shuffle=False))
+            batches[folder] = list(only_dataset(config, tiny_tokenizer, source))
+        # the same images and texts: only the randomness seeds differ (file, offset) -> (shard, sample index)
+        assert len(batches[jsonl]) == len(batches[tar])
+        for a, b in zip(batches[jsonl], batches[tar]):
+            assert a.keys() == b.keys() and a["image"].shape == b["image"].shape
+
+
+def test_tar_captions_by_a_configured_json_field(tmp_path, tiny_tokenizer):
+    from dataset.tars import TarShardWriter
+
+    writer = TarShardWriter(tmp_path / "t", 4)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buf, "JPEG")
+    writer.add({"jpg": buf.getvalue(), "txt": "an english caption",
+                "json": {"captions_ml": {"de": "ein roter kreis"}, "url": "http://x"}})
+    writer.close()
+    config = make_config(train_file=[str(tmp_path / "t" / "part-00000.tar")],
+                         images=dict(caption_key="captions_ml", batch_size=1))
+    batch = next(iter(only_dataset(config, tiny_tokenizer, "images")))
+    expected, _ = padded_ids(tiny_tokenizer, "ein roter kreis", 20)
+    assert batch["text_ids"][0].tolist() == expected
+    config["images"]["caption_key"] = "caption"  # no such json field: the .txt member is the caption
+    batch = next(iter(only_dataset(config, tiny_tokenizer, "images")))
+    assert batch["text_ids"][0].tolist() == padded_ids(tiny_tokenizer, "an english caption", 20)[0]
+
+
+def test_tar_and_jsonl_sources_from_s3(tmp_path, tiny_tokenizer, s3_bucket):
+    write_jsonl(tmp_path / "img" / "part-0.jsonl", [good_record()] * 4)
+    write_jsonl(tmp_path / "para.jsonl", [{"source_text": "a red circle", "target_text": "ein roter kreis"}] * 4)
+    as_tars(tmp_path / "img", f"{s3_bucket}/img")
+    from utils.remote import url_filesystem
+
+    fs, root = url_filesystem(s3_bucket)
+    fs.put_file(str(tmp_path / "para.jsonl"), f"{root}/para/part-0.jsonl")
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{root}/img")) == [
+        "part-00000.tar", "part-00000_stats.json", "part-00001.tar", "part-00001_stats.json"]
+    config = make_config(train_file=[f"{s3_bucket}/img/part-{{00000..00001}}.tar"],
+                         train_file_text=[f"{s3_bucket}/para/"])
+    loaders = build_pretrain_loaders(config, tiny_tokenizer, seed=0, repeat=False, pin_memory=False)
+    assert [b["image"].shape[0] for b in loaders["images"]] == [2, 2]
+    assert [b["text_ids"].shape[0] for b in loaders["texts_para"]] == [2, 2]
+    with pytest.raises(ValueError, match="parallel text is read from jsonl"):
+        build_pretrain_datasets(make_config(train_file_text=[f"{s3_bucket}/img/"]), tiny_tokenizer)
