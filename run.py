@@ -42,7 +42,7 @@ TASKS: dict[str, Task] = {
 
 # Flags forwarded to the task script: (name, takes a value).
 FORWARDED = [("--config", True), ("--output_dir", True), ("--bs", True), ("--seed", True), ("--epoch", True),
-             ("--checkpoint", True), ("--lr", True), ("--fewshot", True), ("--resume", True)]
+             ("--checkpoint", True), ("--lr", True), ("--fewshot", True), ("--resume", True), ("--output_hdfs", True)]
 FORWARDED_SWITCHES = ["--evaluate", "--gmt"]
 DEFAULT_GPUS_PER_NODE = 8
 

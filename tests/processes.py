@@ -33,3 +33,33 @@ def join_group(rank: int, world: int, port: int):
     from utils.dist import init_distributed
 
     return init_distributed("cpu")
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in their own session, so a process
+    group kill would miss them); the descendants are found through /proc before any is killed."""
+    import signal
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass

@@ -14,6 +14,7 @@ from utils.dist import DistEnv, init_distributed, world_info_from_env
 from utils.engine import seed_everything
 from utils.errors import USER_ERROR_EXIT_CODE, UserError
 from utils.logging import setup_logging
+from utils.remote import output_mirror
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                         help="translate-test: evaluate on the machine-translated test files (xvnli, xflickrco, wit)")
     parser.add_argument("--resume", default=None, help="training checkpoint to continue from, or 'latest'")
     parser.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"), help="override config.device")
+    parser.add_argument("--output_hdfs", default=None,
+                        help="mirror checkpoints, logs and results to this fsspec URL (s3://, gs://, hdfs://, ...)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, a.b=c")
     return parser
 
@@ -89,7 +92,7 @@ def build_config(spec: TaskSpec, args: argparse.Namespace, world_size: int) -> d
     if args.lr is not None:
         config["optimizer"]["lr"] = args.lr
         config["schedular"]["lr"] = args.lr
-    for key in ("seed", "checkpoint", "fewshot", "resume", "device"):
+    for key in ("seed", "checkpoint", "fewshot", "resume", "device", "output_hdfs"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     if args.evaluate:
@@ -135,6 +138,7 @@ def setup_run(spec: TaskSpec, argv: Iterable[str] | None, description: str = "")
     seed_everything(int(config["seed"]) + env.rank)
     if env.is_main:
         dump_config(config, output_dir / "config.yaml")
+    output_mirror(config.get("output_hdfs"), output_dir)  # --output_hdfs: checked now, synced by engine and results
     logger.info("task %s: rank %d/%d on %s, output %s", spec.name, env.rank, env.world_size, env.device, output_dir)
     return RunContext(config, env, output_dir, args)
 

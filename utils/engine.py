@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from utils import checkpoint as ckpt
+from utils import remote
 from utils.dist import DistEnv, all_gather_object, barrier
 from utils.logging import RunningMeans, append_jsonl
 from utils.optim import build_optimizer, build_scheduler, unwrap_model
@@ -151,6 +152,8 @@ class Trainer:
         self.snapshot_epochs = int(config.get("ckpt_frequent", 0) or 0)
         self.snapshot_steps = int(config.get("ckpt_frequent_step", 0) or 0)
         self.progress = bool(run.get("progress", True)) and env.is_main
+        # --output_hdfs: checkpoints, logs and results mirrored to remote storage (utils.remote), None without it
+        self.remote = remote.output_mirror(config.get("output_hdfs"), self.output_dir)
 
         self.raw_model = model.to(env.device)
         self.optimizer = build_optimizer(self.raw_model, config["optimizer"], init_params)
@@ -238,6 +241,8 @@ class Trainer:
                                             is_best=is_best, step_file=step_file)
             logger.info("saved %s%s (epoch %d, step %d)", path, " + best" if is_best else "", self.state.epoch,
                         self.state.step)
+            if self.remote is not None:
+                self.remote.sync(step=self.state.step)
         barrier()
 
     def save_model_snapshot(self, name: str) -> None:
@@ -247,10 +252,14 @@ class Trainer:
             path = ckpt.atomic_torch_save({"model": self.raw_model.state_dict(), "config": dict(self.config)},
                                           self.output_dir / name)
             logger.info("saved %s", path)
+            if self.remote is not None:
+                self.remote.sync(step=self.state.step)
         barrier()
 
     def resume(self, resume: str | os.PathLike) -> None:
         """Restore everything a training checkpoint holds, including the data position and RNG states."""
+        if self.remote is not None and str(resume) == "latest":  # the local folder may be gone: the remote copy
+            self.remote.fetch_latest_if_absent(self.output_dir / ckpt.LATEST, self.env.is_main)
         path = ckpt.find_resume_file(resume, self.output_dir)
         state = ckpt.load_training_state(path)
         try:

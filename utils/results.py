@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from utils.remote import sync_outputs
+
 IGLUE_AVG = "IGLUE avg"
 SOURCE_LANGUAGES = ("en",)
 
@@ -124,4 +126,5 @@ def write_results(output_dir: str | os.PathLike, per_language: Mapping[str, Mapp
     write_text_atomically(output_dir / "results.json", text)
     write_text_atomically(output_dir / "results.md",
                           results_markdown(per_language, primary, title, iglue, note, row_name))
+    sync_outputs(output_dir)  # --output_hdfs: the results (and the rest of the folder) reach remote storage now
     return payload
