@@ -40,7 +40,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dataset.shards import list_jsonl_files
 from dataset.sources import list_data_files
-from dataset.tars import TAR_SUFFIXES, TarShardWriter, count_samples, stats_path
+from dataset.tars import TAR_SUFFIXES, TarShardWriter, count_samples, stats_json, stats_path, write_stats_file
 from utils.remote import is_url, upload_atomic, url_filesystem
 
 
@@ -356,14 +356,11 @@ def write_shard_stats(shards, overwrite: bool = False) -> list[str]:
         if error:
             raise PrepareError(f"{shard}: unreadable tar after {count} samples ({error}); a count would hide the "
                                f"damage: repair or remove the shard")
-        content = json.dumps({"count": count, "successes": count}) + "\n"
         if fs is None:
-            tmp = Path(target + ".tmp")
-            tmp.write_text(content, encoding="utf-8")
-            os.replace(tmp, target)
+            write_stats_file(Path(shard), count)
         else:
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                f.write(content)
+                f.write(stats_json(count))
             try:
                 upload_atomic(fs, f.name, inner)
             finally:

@@ -74,6 +74,20 @@ def stats_path(shard: DataPath) -> str:
     raise ValueError(f"{shard}: not a tar shard (expected {', '.join(TAR_SUFFIXES)})")
 
 
+def stats_json(count: int) -> str:
+    """The content of a shard's _stats.json: img2dataset's ``count`` and ``successes`` fields (all samples kept)."""
+    return json.dumps({"count": count, "successes": count}) + "\n"
+
+
+def write_stats_file(shard: Path, count: int) -> Path:
+    """Write ``shard``'s _stats.json (temporary file, then rename); returns its path."""
+    path = Path(stats_path(shard))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(stats_json(count), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
 @dataclass(frozen=True)
 class TarLayout:
     """How a sample's members become a record (see the module doc)."""
@@ -397,8 +411,7 @@ class TarShardWriter:
         self._file.close()
         path = self._path()
         os.replace(path.with_suffix(".tar.tmp"), path)
-        stats = Path(stats_path(path))
-        stats.write_text(json.dumps({"count": self._in_shard, "successes": self._in_shard}) + "\n", encoding="utf-8")
+        stats = write_stats_file(path, self._in_shard)
         self.paths.append(path)
         self._writer = self._file = None
         if self.on_shard is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from dataset.synthetic.facts import (GQA_ANSWERS, Question, caption, caption_templates, pair_statement,
                                      scene_hypotheses, scene_questions, semantic_str)
 from dataset.synthetic.writers import (Corpus, ImagePlacer, JsonDictWriter, JsonListWriter, JsonlWriter,
-                                       PhpJsonlWriter, ShardedJsonl)
+                                       PhpJsonlWriter, ShardedJsonl, ShardedTar)
 from dataset.synthetic.language import SHAPES, Grammar, Phrase, grammar
 from dataset.synthetic.scenes import Scene, encode_jpeg, encode_png, scene_rng
 
@@ -157,6 +157,9 @@ class PretrainBuilder(Builder):
         super().__init__(ctx)
         self.image_text = ShardedJsonl(ctx.root, "pretrain/image_text", ctx.shards)
         self.regions = ShardedJsonl(ctx.root, "pretrain/regions", ctx.shards)
+        # the same samples as webdataset tar shards: the JPEG as <key>.jpg, the other fields as <key>.json
+        self.image_text_tar = ShardedTar(ctx.root, "pretrain/image_text_tar", ctx.shards)
+        self.regions_tar = ShardedTar(ctx.root, "pretrain/regions_tar", ctx.shards)
 
     def add(self, scene, image):
         if scene.split != "train":
@@ -168,11 +171,13 @@ class PretrainBuilder(Builder):
         for d in dicts if scene.index % 2 else dicts[:1]:
             self.ctx.train_text(scene, *d.values())
         self.image_text.write({"binary": image.b64, "caption": captions})
-        record = {"binary": image.b64}
+        self.image_text_tar.write({"jpg": image.jpeg, "json": {"caption": captions}})
+        record = {}
         if scene.index % 2 == 0:  # the whole-image caption is optional in region records
             record["caption"] = dicts[0]
         record["elems"] = self.elements(scene)
-        self.regions.write(record)
+        self.regions.write({"binary": image.b64, **record})
+        self.regions_tar.write({"jpg": image.jpeg, "json": record})
 
     def elements(self, scene: Scene) -> list[dict]:
         """One element per group (its union box, "two small red circles on the left"), one per object of a group
@@ -196,9 +201,9 @@ class PretrainBuilder(Builder):
         pass
 
     def close(self):
-        self.image_text.close()
-        self.regions.close()
-        self.files = self.image_text.rels + self.regions.rels
+        for shards in (self.image_text, self.regions, self.image_text_tar, self.regions_tar):
+            shards.close()
+        self.files = self.image_text.rels + self.regions.rels + self.image_text_tar.rels + self.regions_tar.rels
 
 
 class RetrievalBuilder(Builder):

@@ -34,6 +34,9 @@ Layout under the output folder (docs/data-formats.md#layout and the IGLUE reposi
     pretrain/image_text/part-0000k.jsonl    {"binary": base64 jpeg, "caption": {lang: text} or [{...}, {...}]}
     pretrain/regions/part-0000k.jsonl       {"binary", optional "caption", "elems": [{"bb": [x,y,w,h], "caption"}]}
     pretrain/para_text/part-0000k.jsonl     {"source_text": en, "target_text": other language}
+    pretrain/image_text_tar/part-0000k.tar  the image-text samples as webdataset tars: <key>.jpg + <key>.json
+                                            {"caption": ...}, with part-0000k_stats.json (the sample count)
+    pretrain/regions_tar/part-0000k.tar     the region samples likewise: <key>.jpg + <key>.json {"caption"?, "elems"}
     data/finetune/multi30k/{train,val,test_2016_flickr}.<lang>.json        retrieval json (train: one caption per
     data/finetune/mscoco/<lang>.{train,valid,1k_test}.json (zh: train,val,test)    entry; val/test: caption lists)
     data/finetune/nlvr_en/nlvr_{train,dev,test}.json                       {"images", "sentence", "label": "True"}
@@ -71,7 +74,7 @@ import time
 import unicodedata
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the pre-training image shards also as webdataset tars
 DEFAULT_LANGUAGES = ("en", "de", "fr", "cs", "ja", "zh")
 MANIFEST = "manifest.json"
 CORPUS_CAPACITY = 30000
@@ -178,7 +181,9 @@ def world_paths(out: Path, manifest: dict) -> dict:
             "multi30k": out / "data/finetune/multi30k", "mscoco": out / "data/finetune/mscoco",
             "nlvr_en": out / "data/finetune/nlvr_en",
             "pretrain_image_text": under("pretrain/image_text/"), "pretrain_regions": under("pretrain/regions/"),
-            "pretrain_para_text": under("pretrain/para_text/"), "files": files}
+            "pretrain_para_text": under("pretrain/para_text/"),
+            "pretrain_image_text_tar": [p for p in under("pretrain/image_text_tar/") if p.suffix == ".tar"],
+            "pretrain_regions_tar": [p for p in under("pretrain/regions_tar/") if p.suffix == ".tar"], "files": files}
 
 
 def _replace_folder(tmp: Path, out: Path) -> None:

@@ -4,6 +4,7 @@
 - ``PhpJsonlWriter``: compact separators, escaped slashes, no final newline (IGLUE ``wit/annotations/val_en.jsonl``).
 - ``JsonListWriter`` / ``JsonDictWriter``: a JSON list or dict written item by item, byte-identical to
   ``json.dumps(whole, indent=...)`` with no final newline (GQA/xGQA files; retrieval json files).
+- ``ShardedJsonl`` / ``ShardedTar``: records spread round-robin over jsonl shards or webdataset tar shards.
 - ``ImagePlacer``: writes an image once and hard-links (or copies) it to every other path that refers to it.
 - ``Corpus``: a bounded, seeded sample of the training text for the tokenizer.
 """
@@ -101,6 +102,41 @@ class ShardedJsonl:
     @property
     def rels(self) -> list[str]:
         return [w.rel for w in self.writers]
+
+
+class ShardedTar:
+    """Samples spread round-robin over ``shards`` webdataset tar files ``<folder>/part-0000k.tar`` (the split of
+    ShardedJsonl), keys numbered in write order, each shard with its ``part-0000k_stats.json`` count (dataset.tars)."""
+
+    def __init__(self, root: Path, folder: str, shards: int):
+        from webdataset import TarWriter
+
+        self.root, self.folder = root, folder
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        self.paths = [root / folder / f"part-{k:05d}.tar" for k in range(shards)]
+        self.writers = [TarWriter(str(path), mtime=0) for path in self.paths]  # a fixed time: identical bytes
+        self.counts = [0] * shards
+        self.count = 0
+
+    def write(self, members: dict) -> None:
+        """One sample: ``{extension: bytes, str or dict (json)}``."""
+        k = self.count % len(self.writers)
+        self.writers[k].write({"__key__": f"{self.count:09d}", **members})
+        self.counts[k] += 1
+        self.count += 1
+
+    def close(self) -> None:
+        from dataset.tars import write_stats_file
+
+        for writer, path, count in zip(self.writers, self.paths, self.counts):
+            writer.close()
+            write_stats_file(path, count)
+
+    @property
+    def rels(self) -> list[str]:
+        from dataset.tars import stats_path
+
+        return [Path(p).relative_to(self.root).as_posix() for path in self.paths for p in (path, stats_path(path))]
 
 
 class ImagePlacer:

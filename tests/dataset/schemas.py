@@ -266,9 +266,42 @@ def _image_size(b64: str, where: str) -> tuple[int, int]:
         _fail(where, f"binary is not a base64 image ({err})")
 
 
+def read_tar_records(path: Path) -> list[tuple[str, dict]]:
+    """(``shard, member``, record) of every sample of a tar shard, its image as base64 under ``binary`` (the record
+    the jsonl shard of the same sample holds)."""
+    from dataset.shards import BadRecordError
+    from dataset.tars import ShardedTars, TarLayout
+
+    records = []
+    for sample in ShardedTars([path], shuffle=False, layout=TarLayout(caption_required=False)).role_records(0, 0, 1):
+        try:
+            record = sample.parse()
+        except BadRecordError as err:
+            _fail(str(sample.ref), str(err))
+        _expect(set(sample.members) == {"jpg", "json"}, str(sample.ref), f"members {sample.member_names()}")
+        record["binary"] = base64.b64encode(record["binary"]).decode("ascii")
+        records.append((str(sample.ref), record))
+    return records
+
+
+def read_records(path: Path) -> list[tuple[str, dict]]:
+    return read_tar_records(path) if Path(path).suffix == ".tar" else read_jsonl(path)
+
+
+def check_tar_stats(path: Path) -> None:
+    """A tar shard's _stats.json: its ``successes`` is the number of samples the shard holds."""
+    from dataset.tars import count_samples
+
+    stats = json.loads(Path(path).read_text(encoding="utf-8"))
+    shard = Path(str(path)[:-len("_stats.json")] + ".tar")
+    count, error = count_samples(shard)
+    _expect(error is None and stats.get("successes") == count == stats.get("count"), str(path),
+            f"{stats} for a shard of {count} samples ({error or 'whole'})")
+
+
 def check_pretrain_image_text(path: Path) -> None:
     """Pre-training image-text: {binary: base64 image, caption: {lang: text} or a list of such dicts}."""
-    for where, r in read_jsonl(path):
+    for where, r in read_records(path):
         _keys(r, {"binary", "caption"}, where)
         _image_size(r["binary"], where)
         _caption_dict(r["caption"], where)
@@ -276,7 +309,7 @@ def check_pretrain_image_text(path: Path) -> None:
 
 def check_pretrain_regions(path: Path) -> None:
     """Pre-training regions: {binary, optional caption, elems: [{bb: [x, y, w, h] inside the image, caption}]}."""
-    for where, r in read_jsonl(path):
+    for where, r in read_records(path):
         _keys(r, {"binary", "elems"} | ({"caption"} if "caption" in r else set()), where)
         width, height = _image_size(r["binary"], where)
         if "caption" in r:
@@ -325,6 +358,9 @@ FORMATS = (
     ("nlvr_json", r"data/finetune/nlvr_en/[^/]+\.json", check_nlvr_json),
     ("pretrain_image_text", r"pretrain/image_text/[^/]+\.jsonl", check_pretrain_image_text),
     ("pretrain_regions", r"pretrain/regions/[^/]+\.jsonl", check_pretrain_regions),
+    ("pretrain_image_text_tar", r"pretrain/image_text_tar/[^/]+\.tar", check_pretrain_image_text),
+    ("pretrain_regions_tar", r"pretrain/regions_tar/[^/]+\.tar", check_pretrain_regions),
+    ("pretrain_tar_stats", r"pretrain/[^/]+_tar/[^/]+_stats\.json", check_tar_stats),
     ("pretrain_para_text", r"pretrain/para_text/[^/]+\.jsonl", check_pretrain_para_text),
     ("scene_metadata", r"scenes/[^/]+\.jsonl", check_scene_metadata),
 )

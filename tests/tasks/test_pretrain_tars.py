@@ -121,3 +121,16 @@ def test_killed_and_resumed_from_the_remote_checkpoint_ends_as_the_uninterrupted
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
     assert json.loads(fs.cat_file(marker))["step"] == 20
+
+
+def test_tiny_config_on_the_synthetic_worlds_tar_shards(tmp_path):
+    import Pretrain
+
+    out = tmp_path / "tar"
+    Pretrain.main(["--config", str(ROOT / "configs/tiny/pretrain_cclm_4m_tar.yaml"), "--output_dir", str(out),
+                   "--opts", "run.max_steps=5", "run.progress=false", "run.log_every=1", "sample_log=true"])
+    assert json.loads((out / "results.json").read_text())["languages"]["final"]["steps"] == 5  # 4 region steps, 1 image
+    ids = [line.split("\t")[1] for path in (out / "sample_log").glob("*.tsv") for line in path.read_text().split("\n")
+           if line]
+    assert any("/pretrain/image_text_tar/part-" in i and "#" in i for i in ids)
+    assert any("/pretrain/regions_tar/part-" in i and "#" in i for i in ids)

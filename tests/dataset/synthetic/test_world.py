@@ -90,8 +90,20 @@ def test_every_written_file_follows_its_schema(world):
     formats = {check_file(path, world["root"]) for path in world["files"]}
     assert formats >= {"xvnli", "gqa_raw_dict", "gqa_list", "gqa_answer_vocab", "marvl", "nlvr2", "xflickrco",
                        "flickr30k_ann", "wit", "retrieval_json", "nlvr_json", "pretrain_image_text",
-                       "pretrain_regions", "pretrain_para_text"}
+                       "pretrain_regions", "pretrain_para_text", "pretrain_image_text_tar", "pretrain_regions_tar",
+                       "pretrain_tar_stats"}
     assert len(world["pretrain_image_text"]) == len(world["pretrain_para_text"]) == 4
+    assert len(world["pretrain_image_text_tar"]) == len(world["pretrain_regions_tar"]) == 4
+
+
+def test_tar_shards_hold_the_samples_of_the_jsonl_shards(world):
+    from tests.dataset.schemas import read_jsonl, read_tar_records
+
+    for jsonl_paths, tar_paths in ((world["pretrain_image_text"], world["pretrain_image_text_tar"]),
+                                   (world["pretrain_regions"], world["pretrain_regions_tar"])):
+        for jsonl_path, tar_path in zip(jsonl_paths, tar_paths):
+            assert tar_path.name == jsonl_path.name.replace(".jsonl", ".tar")
+            assert [r for _, r in read_tar_records(tar_path)] == [r for _, r in read_jsonl(jsonl_path)]
 
 
 def test_real_samples_follow_the_same_schemas(iglue_sample):
