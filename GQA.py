@@ -6,14 +6,14 @@ by question id of every xGQA file); the candidate answers are ``trainval_ans2lab
 Model: ``cclm_vqa`` (encoder + answer decoder, models/vqa.py). Training: teacher-forced ``<s> answer </s>``, summed
 token NLL. Prediction: ``predict_answers`` (the ``k_test`` answers with the likeliest first token, re-ranked by the
 whole answer's likelihood); the score is exact-match accuracy against ``answer`` (dict form) or the first ``label``
-key (list form); unanswered questions are not scored (the reference's scorer crashed on the dict form, spec 11 B9).
+key (list form); unanswered questions are not scored (the reference's scorer crashed on the dict form, docs/reference-bugs.md#gqa-scorer).
 Predictions: every evaluation writes ``output_dir/predictions/epoch_<E>/test_<lang>.json`` (``--evaluate``:
 ``predictions/evaluate/``), ``[{"question_id", "answer"}, ...]``; the chosen epoch's are copied to
 ``predictions/best/``.
 Zero-shot: train on English GQA, choose the best epoch on GQA ``valid_file`` (as the reference), report the xGQA test
 sets of the few-shot split at that epoch (IGLUE protocol; ``test_languages`` null = whatever the data has).
 Few-shot (``--fewshot bn``): train on ``few_shot/<lang>/train_48.json``, evaluate and select on ``few_shot/<lang>/
-test.json`` (the reference's protocol: the test set is also the selection set, spec 11 B2).
+test.json`` (the reference's protocol: the test set is also the selection set, docs/protocols.md#few-shot-selection).
 Run: ``python3 run.py --task gqa --dist 1 --checkpoint cclm.th`` (or this file under torchrun, or ``main(argv)``).
 """
 from __future__ import annotations
@@ -29,14 +29,11 @@ from dataset.fewshot import resolve_fewshot
 from dataset.gqa import (GQAEvalDataset, GQATrainDataset, collate_gqa_eval, collate_gqa_train, read_answer_list,
                          read_gqa_questions)
 from dataset.transforms import build_transform
-from utils.classification_task import (EvalSet, TaskData, UnderstandingTask, as_list, existing_file, gather_by_key,
-                                       language_files, run_understanding_task, tokenize)
-from utils.cli import TaskSpec, run_script
+from tasks.files import as_list, existing_file, language_files
+from tasks.runner import run_script, run_task
+from tasks.understanding import EvalSet, TaskData, UnderstandingTask, gather_by_key, tokenize
 from utils.engine import move_to_device
 from utils.metrics import vqa_exact_match
-
-SPEC = TaskSpec("gqa", "configs/gqa/gqa.yaml", "configs/base/gqa.yaml", bs_keys=("batch_size_train",),
-                fewshot_config="configs/gqa/gqa_fewshot.yaml")
 TRAIN_MAX_WORDS, EVAL_MAX_WORDS = 30, 50  # pre_question lengths of the reference
 
 
@@ -113,7 +110,7 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
         tests = {few.language: eval_set([few.eval_file], "test_file")}
         selection, protocol, train_paths = few.language, f"few-shot {few.language},{few.shots}", [few.train_file]
     else:
-        by_language = language_files(root, config["test_file"], config.get("test_languages"))
+        by_language = language_files(config["test_file"], config.get("test_languages"), root, "test_file")
         tests = {lang: eval_set([path], "test_file") for lang, path in by_language.items()}
         selection = eval_set(as_list(config["valid_file"], "valid_file"), "valid_file")
         protocol, train_paths = "zero-shot", as_list(config["train_file"], "train_file")
@@ -129,13 +126,13 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
                     score=AnswerRanking(answers, tokenizer, int(config["k_test"])))
 
 
-TASK = UnderstandingTask(SPEC, "cclm_vqa", "xGQA exact-match accuracy", build_data,
+TASK = UnderstandingTask("cclm_vqa", "xGQA exact-match accuracy", build_data,
                          train_batch_key="batch_size_train", test_batch_key="batch_size_test")
 
 
 def main(argv=None) -> dict:
     """Run xGQA with command-line flags ``argv``; returns the results payload."""
-    return run_understanding_task(TASK, argv)
+    return run_task(TASK, "GQA.py", argv)
 
 
 if __name__ == "__main__":

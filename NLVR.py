@@ -6,11 +6,11 @@ for the other languages (boolean labels), converted from IGLUE's jsonl files by 
 (``dataset.marvl.ensure_marvl``: ``marvl_dir`` -> ``marvl_out``; only missing or outdated files are rewritten).
 Model: ``cclm_nlvr`` (both images through the vision encoder, paired fusion layers attending to the left and the right
 image with shared cross-attention keys/values, 2-way ``cls_head``), cross-entropy. Each image of a training pair gets
-its own random crop/flip/RandAugment, as in the reference (spec 11 B4).
+its own random crop/flip/RandAugment, as in the reference (docs/protocols.md#nlvr-augmentation).
 Zero-shot: train on NLVR2 train, choose the best epoch on NLVR2 dev (as the reference), report MaRVL
 (``test_languages``; null = whatever was converted) and the NLVR2 test set as "en" at that epoch.
 Few-shot (``--fewshot id``): train on ``marvl-<lang>_train10x2.json``, evaluate and select on ``marvl-<lang>.json``
-(the reference's protocol: the test set is also the selection set, spec 11 B2).
+(the reference's protocol: the test set is also the selection set, docs/protocols.md#few-shot-selection).
 Run: ``python3 run.py --task nlvr --dist 1 --checkpoint cclm.th`` (or this file under torchrun, or ``main(argv)``).
 """
 from __future__ import annotations
@@ -24,15 +24,12 @@ from dataset.fewshot import resolve_fewshot
 from dataset.marvl import ensure_marvl
 from dataset.nlvr import NLVRDataset
 from dataset.transforms import build_transform
-from utils.classification_task import (ClassificationCollate, EvalSet, TaskData, UnderstandingTask, as_list,
-                                       classification_accuracy, existing_file, language_files, run_understanding_task)
-from utils.cli import TaskSpec, run_script
+from tasks.files import as_list, existing_file, language_files
+from tasks.runner import run_script, run_task
+from tasks.understanding import ClassificationCollate, EvalSet, TaskData, UnderstandingTask, classification_accuracy
 from utils.dist import barrier
 
 logger = logging.getLogger("nlvr")
-
-SPEC = TaskSpec("nlvr", "configs/nlvr/nlvr.yaml", "configs/base/nlvr.yaml", bs_keys=("batch_size",),
-                fewshot_config="configs/nlvr/nlvr_fewshot.yaml")
 IMAGE_KEYS = ("left_image", "right_image")
 
 
@@ -80,7 +77,7 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
         tests = {}
         if config.get("en_test_file"):
             tests["en"] = eval_set(existing_file(root, config["en_test_file"], "en_test_file"), nlvr_images)
-        marvl = language_files(root, config["test_file"], config.get("test_languages"))
+        marvl = language_files(config["test_file"], config.get("test_languages"), root, "test_file")
         tests.update({lang: eval_set(path, marvl_images) for lang, path in marvl.items() if lang != "en"})
         val_paths = [existing_file(root, p, "val_file") for p in as_list(config["val_file"], "val_file")]
         selection = EvalSet(read(val_paths, nlvr_images, test_transform, max_words), eval_collate,
@@ -95,12 +92,12 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
                     train_collate=ClassificationCollate(tokenizer, IMAGE_KEYS), protocol=protocol)
 
 
-TASK = UnderstandingTask(SPEC, "cclm_nlvr", "NLVR2 -> MaRVL accuracy", build_data, classification_accuracy)
+TASK = UnderstandingTask("cclm_nlvr", "NLVR2 -> MaRVL accuracy", build_data, classification_accuracy)
 
 
 def main(argv=None) -> dict:
     """Run NLVR2 -> MaRVL with command-line flags ``argv``; returns the results payload."""
-    return run_understanding_task(TASK, argv)
+    return run_task(TASK, "NLVR.py", argv)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,27 @@
 #!/usr/bin/env python3
-"""Optional NLVR domain pre-training (task ``nlvr_domain``), then NLVR2 -> MaRVL fine-tuning from its weights.
+"""Optional NLVR domain pre-training (task ``nlvr_domain``); ``run.py`` then runs the ``nlvr`` task from its weights.
 
-Phase 1, domain pre-training (spec-finetune 6.6): the two-image model ``cclm_nlvr_domain`` (NLVR's paired fusion
-layers, plus ``vision_proj`` and a 3-way ``ta_head``) starts from ``--checkpoint``, a CCLM pre-training checkpoint
-(each fusion layer is copied into both layers of its pair; ``vision_proj`` keeps its pre-trained values and only
-ranks the negatives). On the image-caption stream of pre-training (``train_file``, ``images.*``) each caption is
-shown with its own image and a hard-negative one, left or right at random (labels 0 / 1), or with two negatives
-(label 2, one time in three); the loss is the cross-entropy of ``ta_head`` on the fused CLS.
-Phase 2 (``nlvr_finetune.enabled``): NLVR.py in the same processes, with ``--checkpoint`` = phase 1's
+Phase 1, here: the two-image model ``cclm_nlvr_domain`` (NLVR's paired fusion layers, plus ``vision_proj`` and a 3-way
+``ta_head``) starts from ``--checkpoint``, a CCLM pre-training checkpoint (each fusion layer is copied into both layers
+of its pair; ``vision_proj`` keeps its pre-trained values and only ranks the negatives). On the image-caption stream of
+pre-training (``train_file``, ``images.*``) each caption is shown with its own image and a hard-negative one, left or
+right at random (labels 0 / 1), or with two negatives (label 2, one time in three); the loss is the cross-entropy of
+``ta_head`` on the fused CLS (docs/protocols.md#nlvr-domain-pretraining).
+Phase 2 (``nlvr_finetune.enabled``): ``run.py`` launches NLVR.py after this run, with ``--checkpoint`` = phase 1's
 ``checkpoint_latest.pth`` and ``--output_dir`` = ``<output_dir>/<nlvr_finetune.output_subdir>``; ``--seed``,
-``--fewshot`` and ``--device`` are passed on, the other flags (``--bs``, ``--epoch``, ``--lr``, ``--opts``) are
-phase 1's. Run phase 2 alone, with other flags, as ``run.py --task nlvr --checkpoint <phase 1's checkpoint>``.
+``--fewshot`` and ``--device`` are passed on, the other flags are phase 1's. Under torchrun directly, the log names
+the phase-2 command.
 Run: ``python3 run.py --task nlvr_domain --dist 1 --checkpoint cclm.th`` (or this file under torchrun, or
 ``main(argv)``).
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 
-import NLVR
-from Pretrain import build_model, train_on_streams
+from tasks.pretraining import StreamTraining
+from tasks.runner import Outcome, Run, request_followup, run_script, run_task
 from utils.checkpoint import LATEST
-from utils.cli import TaskSpec, run_script, setup_run
 from utils.config import ConfigError
-from utils.dist import barrier, cleanup_distributed
 from utils.engine import StepContext
-
-logger = logging.getLogger("nlvr_domain")
-
-SPEC = TaskSpec("nlvr_domain", "configs/nlvr/nlvr_domain.yaml", "configs/base/nlvr_domain.yaml",
-                bs_keys=("images.batch_size",),
-                unsupported_flags={"evaluate": "it has no evaluation of its own: evaluate the fine-tuned model with "
-                                               "run.py --task nlvr --evaluate --checkpoint "
-                                               "<output_dir>/nlvr_ft/checkpoint_best.pth",
-                                   "gmt": "NLVR2/MaRVL have no translate-test files"})
 
 
 def domain_step(ctx: StepContext, item: list) -> None:
@@ -45,47 +32,45 @@ def domain_step(ctx: StepContext, item: list) -> None:
         ctx.backward(losses)
 
 
-def finetune_argv(config: dict, output_dir: Path, device: str | None) -> list[str]:
-    """NLVR.py's flags for phase 2: its config, phase 1's checkpoint, a sub-folder of the output, the shared flags."""
-    block = config["nlvr_finetune"]
-    argv = ["--config", block["fewshot_config"] if config.get("fewshot") else block["config"],
-            "--output_dir", str(output_dir / block["output_subdir"]), "--checkpoint", str(output_dir / LATEST),
-            "--seed", str(config["seed"])]
-    if config.get("fewshot"):
-        argv += ["--fewshot", str(config["fewshot"])]
-    if device:
-        argv += ["--device", device]
-    return argv
-
-
-def pretrain_domain(config: dict, env, output_dir: Path) -> dict:
-    """Phase 1: train ``cclm_nlvr_domain`` and write its results; the mean losses of the last logging window."""
-    per_process = int(config["images"]["batch_size"])
+def check_batch(run: Run) -> None:
+    """The domain objective needs two distinct negatives per caption: 3 images per process at least."""
+    per_process = int(run.config["images"]["batch_size"])
     if per_process < 3:
         raise ConfigError(f"images.batch_size is {per_process} per process; the domain objective needs at least 3 "
                           "images per batch (two distinct negatives per caption); --bs is split over the processes")
-    model = build_model("cclm_nlvr_domain", config)
-    finetune = config["nlvr_finetune"]
-    rows = train_on_streams(config, env, model, output_dir, domain_step, "NLVR domain pre-training", "nlvr_domain",
-                            extra={"checkpoint": config.get("checkpoint"),
-                                   "nlvr_finetune": str(output_dir / finetune["output_subdir"])
-                                   if finetune["enabled"] else None})
-    barrier()
-    return rows
+
+
+def finetune_argv(run: Run) -> list[str]:
+    """NLVR.py's flags for phase 2: its config, phase 1's checkpoint, a sub-folder of the output, the shared flags."""
+    config, block = run.config, run.config["nlvr_finetune"]
+    argv = ["--config", block["fewshot_config"] if config.get("fewshot") else block["config"],
+            "--output_dir", str(run.output_dir / block["output_subdir"]), "--checkpoint",
+            str(run.output_dir / LATEST), "--seed", str(config["seed"])]
+    if config.get("fewshot"):
+        argv += ["--fewshot", str(config["fewshot"])]
+    if run.args.device:
+        argv += ["--device", run.args.device]
+    return argv
+
+
+class DomainPretraining(StreamTraining):
+    """Stream training of the domain model; its results name the fine-tuning that follows."""
+
+    def results(self, run: Run, data, outcome: Outcome) -> dict:
+        block = run.config["nlvr_finetune"]
+        outcome.facts["nlvr_finetune"] = str(run.output_dir / block["output_subdir"]) if block["enabled"] else None
+        payload = super().results(run, data, outcome)
+        if block["enabled"]:
+            request_followup(run, "nlvr", finetune_argv(run))
+        return payload
+
+
+TASK = DomainPretraining("NLVR domain pre-training", "cclm_nlvr_domain", domain_step, check=check_batch)
 
 
 def main(argv=None) -> dict:
-    """Run phase 1 and (unless disabled) phase 2; returns {'domain': losses, 'nlvr': NLVR.py's results}."""
-    run = setup_run(SPEC, argv, "NLVR domain pre-training, then NLVR2 -> MaRVL")
-    config, env = run.config, run.env
-    try:
-        out = {"domain": pretrain_domain(config, env, run.output_dir)}
-        if config["nlvr_finetune"]["enabled"]:
-            logger.info("domain pre-training done; fine-tuning NLVR from %s", run.output_dir / LATEST)
-            out["nlvr"] = NLVR.main(finetune_argv(config, run.output_dir, run.args.device))
-        return out
-    finally:
-        cleanup_distributed()
+    """Run phase 1; returns the results.json payload (rank 0)."""
+    return run_task(TASK, "NLVR_pretrain.py", argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ Data: the retrieval json of ``dataset.retrieval`` (train: one caption per entry;
 images of the language's training file: our extension, the reference has no few-shot mode here).
 
 Selection: the reference chose the best epoch on the summed **test** r_mean of every configured language
-(spec 2.4/11 B2). Here it is the mean validation r_mean of ``selection.languages`` (English for the zero-shot
+(docs/protocols.md#retrieval-selection). Here it is the mean validation r_mean of ``selection.languages`` (English for the zero-shot
 configs, every training language otherwise); ``--opts selection.split=test`` restores the reference's rule.
 A few-shot run selects on the target language's validation file.
 Run: ``python3 run.py --task itr_multi30k --dist 1 --checkpoint cclm_4m.th --output_dir out/m30k`` (or ``main(argv)``).
@@ -19,13 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset.fewshot import resolve_fewshot
-from utils.cli import TaskSpec, run_script
+from tasks.retrieval import RetrievalTask
+from tasks.retrieval_data import RetrievalData, load_fewshot_data, load_standard_data
+from tasks.runner import run_script, run_task
 from utils.config import ConfigError
-from utils.retrieval_task import RetrievalData, RetrievalTask, load_fewshot_data, load_standard_data, \
-    run_retrieval_task
-
-SPEC = TaskSpec("retrieval", "configs/retrieval/multi30k_all.yaml", "configs/base/retrieval.yaml",
-                bs_keys=("batch_size_train",), fewshot_config="configs/retrieval/multi30k_fewshot.yaml")
 FEWSHOT_TASKS = {"multi30k": "itr_multi30k", "coco": "itr_coco"}
 
 
@@ -40,12 +37,12 @@ def load_data(config: dict, root: Path) -> RetrievalData:
     return load_fewshot_data("caption_json", config, root, files)
 
 
-TASK = RetrievalTask(SPEC, "Image-text retrieval (Multi30K / MSCOCO)", load_data, iglue=False)
+TASK = RetrievalTask("Image-text retrieval (Multi30K / MSCOCO)", load_data, iglue=False)
 
 
 def main(argv=None) -> dict:
     """Run with command-line flags ``argv``; returns the results.json payload (rank 0)."""
-    return run_retrieval_task(TASK, argv)
+    return run_task(TASK, "Retrieval.py", argv)
 
 
 if __name__ == "__main__":

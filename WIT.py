@@ -25,14 +25,14 @@ from dataset.fewshot import parse_fewshot
 from dataset.retrieval import RetrievalEvalDataset, RetrievalTrainDataset, limit_images, read_wit_eval, read_wit_train
 from dataset.transforms import build_transform
 from dataset.wit import prepare_wit
-from utils.cli import TaskSpec, run_script
+from tasks.files import language_files
+from tasks.retrieval import RetrievalTask
+from tasks.retrieval_data import RetrievalData, Selection, image_roots, load_standard_data, subset_eval_data
+from tasks.runner import run_script, run_task
 from utils.config import ConfigError
-from utils.retrieval_task import (RetrievalData, RetrievalTask, Selection, image_roots, language_files,
-                                  load_standard_data, run_retrieval_task, subset_eval_data)
 
 logger = logging.getLogger("wit")
 
-SPEC = TaskSpec("wit", "configs/wit/wit.yaml", "configs/base/retrieval.yaml", bs_keys=("batch_size_train",))
 
 
 def load_fewshot_wit(config: dict, root: Path) -> RetrievalData:
@@ -73,12 +73,12 @@ def load_data(config: dict, root: Path) -> RetrievalData:
     return load_standard_data("wit", config, root)
 
 
-TASK = RetrievalTask(SPEC, "WIT retrieval", load_data, prepare_data=prepare_wit)
+TASK = RetrievalTask("WIT retrieval", load_data, prepare_data=prepare_wit)
 
 
 def main(argv=None) -> dict:
     """Run with command-line flags ``argv``; returns the results.json payload (rank 0)."""
-    return run_retrieval_task(TASK, argv)
+    return run_task(TASK, "WIT.py", argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ Model: ``cclm_classification`` (3-way ``cls_head`` on the fused CLS), cross-entr
 Zero-shot: train on English ``train_file``, choose the best epoch on the English ``val_file`` (as the reference), report
 every test language at that epoch (``test_languages``: ar/es/fr/ru + en; null = whatever the data has).
 Few-shot (``--fewshot ar,48``): train on ``<lang>/train_<N>.jsonl``, evaluate and select on ``<lang>/test.jsonl`` (the
-reference's protocol: the test set is also the selection set, spec 11 B2).
+reference's protocol: the test set is also the selection set, docs/protocols.md#few-shot-selection).
 Translate-test (``--gmt``): the test languages but English from ``annotations_machine-translate/<lang>/test.jsonl``.
 Run: ``python3 run.py --task xvnli --dist 1 --checkpoint cclm.th`` (or this file under torchrun, or ``main(argv)``).
 """
@@ -21,14 +21,12 @@ from torch.utils.data import ConcatDataset
 from dataset.fewshot import resolve_fewshot
 from dataset.transforms import build_transform
 from dataset.xvnli import XVNLIDataset
-from utils.classification_task import (ClassificationCollate, EvalSet, TaskData, UnderstandingTask, as_list,
-                                       classification_accuracy, existing_file, language_files, run_understanding_task)
-from utils.cli import TaskSpec, key_of_test_files, run_script
+from tasks.cli import key_of_test_files
+from tasks.files import as_list, existing_file, language_files
+from tasks.runner import run_script, run_task
+from tasks.understanding import ClassificationCollate, EvalSet, TaskData, UnderstandingTask, classification_accuracy
 
 logger = logging.getLogger("xvnli")
-
-SPEC = TaskSpec("xvnli", "configs/xvnli/xvnli.yaml", "configs/base/xvnli.yaml", bs_keys=("batch_size",),
-                fewshot_config="configs/xvnli/xvnli_fewshot.yaml")
 
 
 class XVNLIFiles:
@@ -62,7 +60,7 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
         selection, protocol, train_paths = few.language, f"few-shot {few.language},{few.shots}", [few.train_file]
     else:
         key = key_of_test_files(config)
-        by_language = language_files(root, config[key], config.get("test_languages"), key)
+        by_language = language_files(config[key], config.get("test_languages"), root, key)
         tests = {lang: EvalSet(files.read([path], test_transform, f"test_{lang}"), eval_collate, str(path))
                  for lang, path in by_language.items()}
         val_paths = [existing_file(root, p, "val_file") for p in as_list(config["val_file"], "val_file")]
@@ -78,12 +76,12 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
                     protocol=protocol, facts={"dropped_without_gold_label": files.dropped})
 
 
-TASK = UnderstandingTask(SPEC, "cclm_classification", "XVNLI accuracy", build_data, classification_accuracy)
+TASK = UnderstandingTask("cclm_classification", "XVNLI accuracy", build_data, classification_accuracy)
 
 
 def main(argv=None) -> dict:
-    """Run XVNLI with command-line flags ``argv``; returns the results payload."""
-    return run_understanding_task(TASK, argv)
+    """Run XVNLI with command-line flags ``argv``; returns the results payload (rank 0)."""
+    return run_task(TASK, "XVNLI.py", argv)
 
 
 if __name__ == "__main__":

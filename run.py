@@ -1,70 +1,72 @@
 #!/usr/bin/env python3
-"""Launch a CCLM task: ``python3 run.py --task NAME --dist 1 [task flags]``.
+"""Launch a CCLM task: ``python3 run.py --task NAME [--dist DIST] [task flags]``.
 
-The task name selects a script and its default config from ``TASKS``. The script runs under torchrun
-(``python -m utils.launch``: torch.distributed.run's launcher, started as an argument list, never through a shell,
-without the launcher's traceback when a worker fails) and ``run.py`` exits with the first failed worker's exit code.
-``--dry-run`` prints the exact command instead of running it.
+The task name selects a script and its default config from the task registry (``tasks/registry.py``). The script
+runs under torchrun (``python -m utils.launch``: torch.distributed.run's launcher, started as an argument list, never
+through a shell, without the launcher's traceback when a worker fails) and ``run.py`` exits with the first failed
+worker's exit code (2 for a user error). ``--dry-run`` prints the exact command instead of running it;
+``run.py --task NAME --help`` shows that task's data, configs and flags.
 """
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
+from tasks.cli import HANDOFF_ENV, PATH_FLAGS, add_task_arguments, forwarded_argv
+from tasks.registry import TASKS, TaskInfo
+
 ROOT = Path(__file__).resolve().parent
-
-
-@dataclass(frozen=True)
-class Task:
-    script: str                       # task script, relative to the repository root
-    config: str                       # default config
-    fewshot_config: str | None = None  # default config with --fewshot
-
-
-TASKS: dict[str, Task] = {
-    "pretrain_cclm_3m": Task("Pretrain.py", "configs/Pretrain_3m.yaml"),
-    "pretrain_cclm_4m": Task("Pretrain.py", "configs/Pretrain_4m.yaml"),
-    "itr_multi30k": Task("Retrieval.py", "configs/retrieval/multi30k_all.yaml", "configs/retrieval/multi30k_fewshot.yaml"),
-    "itr_coco": Task("Retrieval.py", "configs/retrieval/coco_all.yaml", "configs/retrieval/coco_fewshot.yaml"),
-    "xvnli": Task("XVNLI.py", "configs/xvnli/xvnli.yaml", "configs/xvnli/xvnli_fewshot.yaml"),
-    "gqa": Task("GQA.py", "configs/gqa/gqa.yaml", "configs/gqa/gqa_fewshot.yaml"),
-    "nlvr": Task("NLVR.py", "configs/nlvr/nlvr.yaml", "configs/nlvr/nlvr_fewshot.yaml"),
-    "nlvr_domain": Task("NLVR_pretrain.py", "configs/nlvr/nlvr_domain.yaml"),
-    "xflickrco": Task("xFlickrCO.py", "configs/xflickrco/xflickrco.yaml", "configs/xflickrco/xflickrco_fewshot.yaml"),
-    "wit": Task("WIT.py", "configs/wit/wit.yaml"),
-    "demo": Task("Demo.py", "configs/tiny/demo.yaml"),
-}
-
-# Flags forwarded to the task script: (name, takes a value).
-FORWARDED = [("--config", True), ("--output_dir", True), ("--bs", True), ("--seed", True), ("--epoch", True),
-             ("--checkpoint", True), ("--lr", True), ("--fewshot", True), ("--resume", True), ("--output_hdfs", True)]
-FORWARDED_SWITCHES = ["--evaluate", "--gmt"]
 DEFAULT_GPUS_PER_NODE = 8
+DIST_FORMS = "1 (all GPUs of this node) | all (multi-node) | gpuN | f4 | l4 | cpu | cpu:N"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=sorted(TASKS), help="which task to run")
-    p.add_argument("--dist", default="cpu",
-                   help="1 (all GPUs of this node) | all (multi-node) | gpuN | f4 | l4 | cpu | cpu:N (default cpu)")
-    p.add_argument("--nproc", type=int, default=None, help="processes per node (default: GPUs here, or 8)")
-    p.add_argument("--nnodes", default=None, help="--dist all: number of nodes (or torchrun's PET_NNODES)")
-    p.add_argument("--node_rank", default=None, help="--dist all: this node's rank (or PET_NODE_RANK)")
-    p.add_argument("--master_addr", default=None, help="--dist all: rank-0 node address (or PET_MASTER_ADDR)")
-    p.add_argument("--master_port", default=None, help="--dist all: rendezvous port (or PET_MASTER_PORT)")
-    p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                   help="print the launch command and exit")
-    for flag, _ in FORWARDED:
-        p.add_argument(flag, default=None)
-    for flag in FORWARDED_SWITCHES:
-        p.add_argument(flag, action="store_true")
-    p.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, a.b=c")
+def task_help(info: TaskInfo) -> str:
+    """What ``--task NAME --help`` says about the task: summary, data, configs and the script's own description."""
+    lines = [f"task {info.name}: {info.summary}", f"  script:  {info.script}", f"  config:  {info.config}"]
+    if info.fewshot_config:
+        lines.append(f"  few-shot config (with --fewshot): {info.fewshot_config}")
+    lines.append(f"  data:    {info.data} (relative to data_root, CCLM_DATA or the working directory)")
+    if info.refuses:
+        lines.append(f"  refuses: {', '.join('--' + flag for flag in info.refuses)}")
+    script = ROOT / info.script
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) if script.is_file() else ""
+    return "\n".join(lines) + ("\n\n" + doc if doc else "")
+
+
+def build_parser(info: TaskInfo | None = None) -> argparse.ArgumentParser:
+    """The launcher's flags and every task flag (declared once, in tasks/cli.py); with ``info``, that task's help."""
+    description = __doc__ if info is None else task_help(info)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=list(TASKS), help="which task to run")
+    launch = p.add_argument_group("launcher")
+    launch.add_argument("--dist", default=None,
+                        help=f"{DIST_FORMS} (default: every GPU of this node when CUDA is available, else cpu)")
+    launch.add_argument("--nproc", type=int, default=None, help="processes per node (default: GPUs here, or 8)")
+    launch.add_argument("--nnodes", default=None, help="--dist all: number of nodes (or torchrun's PET_NNODES)")
+    launch.add_argument("--node_rank", default=None, help="--dist all: this node's rank (or PET_NODE_RANK)")
+    launch.add_argument("--master_addr", default=None, help="--dist all: rank-0 node address (or PET_MASTER_ADDR)")
+    launch.add_argument("--master_port", default=None, help="--dist all: rendezvous port (or PET_MASTER_PORT)")
+    launch.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="print the launch command and exit")
+    add_task_arguments(p.add_argument_group("task flags (passed to the task script)"))
     return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line; ``--help`` after a known ``--task`` shows that task's help."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", choices=list(TASKS))
+    known, _ = pre.parse_known_args(argv)
+    wants_help = known.task and ("-h" in argv or "--help" in argv)
+    return build_parser(TASKS[known.task] if wants_help else None).parse_args(argv)
 
 
 def _local_gpu_count() -> int:
@@ -76,19 +78,21 @@ def _local_gpu_count() -> int:
         return 0
 
 
+def default_dist() -> str:
+    """Every local GPU when CUDA has any, else one CPU process."""
+    return "1" if _local_gpu_count() > 0 else "cpu"
+
+
 def launcher_args(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """torchrun arguments and extra environment variables for a ``--dist`` value."""
-    dist = str(args.dist)
+    dist = str(args.dist or default_dist())
     env: dict[str, str] = {}
     if dist == "cpu" or dist.startswith("cpu:"):
         count = "1" if dist == "cpu" else dist.split(":", 1)[1]
-        if not count.isdigit():
-            raise SystemExit(f"--dist {dist}: expected cpu:N with N a number of processes")
-        n = int(count)
-        if n < 1:
-            raise SystemExit(f"--dist {dist}: the number of processes must be at least 1")
+        if not count.isdigit() or int(count) < 1:
+            raise SystemExit(f"--dist {dist}: expected cpu:N with N >= 1 processes")
         env["CCLM_DEVICE"] = "cpu"
-        return ["--standalone", f"--nproc-per-node={args.nproc or n}"], env
+        return ["--standalone", f"--nproc-per-node={args.nproc or int(count)}"], env
     if dist == "1":
         n = args.nproc or _local_gpu_count() or DEFAULT_GPUS_PER_NODE
         return ["--standalone", f"--nproc-per-node={n}"], env
@@ -105,10 +109,7 @@ def launcher_args(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
             if value is not None:
                 out.append(f"{flag}={value}")
         return out, env
-    raise SystemExit(f"--dist {dist!r} is not one of: 1, all, gpuN, f4, l4, cpu, cpu:N")
-
-
-PATH_FLAGS = ("config", "output_dir", "checkpoint", "resume")
+    raise SystemExit(f"--dist {dist!r} is not one of: {DIST_FORMS}")
 
 
 def absolutize_paths(args: argparse.Namespace) -> None:
@@ -119,31 +120,21 @@ def absolutize_paths(args: argparse.Namespace) -> None:
             setattr(args, name, str(Path(value).expanduser().resolve()))
 
 
-def script_args(args: argparse.Namespace, task: Task) -> list[str]:
-    """The task script's own flags: the forwarded ones, with the task's default config filled in."""
-    out: list[str] = []
-    config = args.config or (task.fewshot_config if args.fewshot and task.fewshot_config else task.config)
-    out += ["--config", config]
-    for flag, _ in FORWARDED:
-        if flag == "--config":
-            continue
-        value = getattr(args, flag.lstrip("-"))
-        if value is not None:
-            out += [flag, str(value)]
-    for flag in FORWARDED_SWITCHES:
-        if getattr(args, flag.lstrip("-")):
-            out.append(flag)
-    if args.opts:
-        out += ["--opts", *args.opts]
-    return out
+def script_args(args: argparse.Namespace, info: TaskInfo) -> list[str]:
+    """The task script's own flags: ``--task``, the config (the task's default unless given), the forwarded flags."""
+    config = args.config or info.config_for(bool(args.fewshot))
+    rest = forwarded_argv(args)
+    if "--config" in rest:
+        index = rest.index("--config")
+        del rest[index:index + 2]
+    return ["--task", info.name, "--config", config, *rest]
 
 
 def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The full torchrun command (argument list) and the environment variables it adds."""
-    task = TASKS[args.task]
+    info = TASKS[args.task]
     launch, env = launcher_args(args)
-    cmd = [sys.executable, "-m", "utils.launch", *launch, task.script, *script_args(args, task)]
-    return cmd, env
+    return [sys.executable, "-m", "utils.launch", *launch, info.script, *script_args(args, info)], env
 
 
 def format_command(cmd: list[str], env: dict[str, str]) -> str:
@@ -152,29 +143,41 @@ def format_command(cmd: list[str], env: dict[str, str]) -> str:
     return (prefix + " " if prefix else "") + shlex.join(cmd)
 
 
+def launch(cmd: list[str], env: dict[str, str]) -> tuple[int, dict | None]:
+    """Run one launch; (exit code, the follow-up task the run asked for, if any)."""
+    with tempfile.TemporaryDirectory(prefix="cclm-handoff-") as tmp:
+        handoff = Path(tmp) / "next.json"
+        child_env = {**os.environ, **env, HANDOFF_ENV: str(handoff)}
+        child_env.setdefault("PYTHONPATH", str(ROOT))
+        code = subprocess.run(cmd, cwd=ROOT, env=child_env).returncode
+        followup = json.loads(handoff.read_text(encoding="utf-8")) if code == 0 and handoff.is_file() else None
+    return code, followup
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     absolutize_paths(args)
-    task = TASKS[args.task]
     cmd, env = build_command(args)
-    missing = [p for p in (task.script,) if not (ROOT / p).is_file()]
     if args.dry_run:
         print(format_command(cmd, env))
-        if missing:
-            print(f"note: {missing[0]} is not implemented yet in this version", file=sys.stderr)
         return 0
-    if missing:
-        print(f"task {args.task!r}: its script {missing[0]} is not implemented yet in this version of the project",
-              file=sys.stderr)
+    info = TASKS[args.task]
+    if not (ROOT / info.script).is_file():
+        print(f"task {args.task!r}: its script {info.script} does not exist in this checkout", file=sys.stderr)
         return 2
     config = cmd[cmd.index("--config") + 1]
     if not (ROOT / config).is_file():
         print(f"task {args.task!r}: config {config} does not exist", file=sys.stderr)
         return 2
-    child_env = {**os.environ, **env}
-    child_env.setdefault("PYTHONPATH", str(ROOT))
-    # torchrun exits non-zero when any worker fails; pass its code on.
-    return subprocess.run(cmd, cwd=ROOT, env=child_env).returncode
+    launch_part = cmd[:cmd.index(info.script)]
+    while True:
+        code, followup = launch(cmd, env)
+        if code != 0 or followup is None:
+            return code  # torchrun exits non-zero when any worker fails; its code is passed on
+        # the run asked for the task that continues it (nlvr_domain -> nlvr): same launcher, the run's flags
+        info = TASKS[followup["task"]]
+        print(f"run.py: {args.task} done; starting task {info.name}", file=sys.stderr, flush=True)
+        cmd = [*launch_part, info.script, "--task", info.name, *followup["argv"]]
 
 
 if __name__ == "__main__":

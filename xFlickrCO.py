@@ -9,7 +9,7 @@ as in the reference.
 
 Few-shot (``--fewshot de,100``, configs/xflickrco/xflickrco_fewshot.yaml): train on ``<lang>/train_<N>.jsonl``,
 test on ``<lang>/test.jsonl``. IGLUE has no few-shot validation set and the reference selected on that test set
-(spec 9.2/11 B2); here the last evaluated epoch is reported unless ``fewshot_selection: test``.
+(docs/protocols.md#few-shot-selection); here the last evaluated epoch is reported unless ``fewshot_selection: test``.
 Translate-test (``--gmt``): IGLUE's machine-translated ``annotations_machine-translate/{lang}/test_gmt.jsonl``, no en.
 Run: ``python3 run.py --task xflickrco --dist 1 --checkpoint cclm_4m.th --output_dir out/xflickrco``.
 """
@@ -18,12 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset.fewshot import resolve_fewshot
-from utils.cli import TaskSpec, run_script
-from utils.retrieval_task import RetrievalData, RetrievalTask, load_fewshot_data, load_standard_data, \
-    run_retrieval_task
-
-SPEC = TaskSpec("xflickrco", "configs/xflickrco/xflickrco.yaml", "configs/base/retrieval.yaml",
-                bs_keys=("batch_size_train",), fewshot_config="configs/xflickrco/xflickrco_fewshot.yaml")
+from tasks.retrieval import RetrievalTask
+from tasks.retrieval_data import RetrievalData, load_fewshot_data, load_standard_data
+from tasks.runner import run_script, run_task
 
 
 def load_data(config: dict, root: Path) -> RetrievalData:
@@ -33,12 +30,12 @@ def load_data(config: dict, root: Path) -> RetrievalData:
     return load_standard_data("xflickrco", config, root)
 
 
-TASK = RetrievalTask(SPEC, "xFlickr&CO retrieval", load_data)
+TASK = RetrievalTask("xFlickr&CO retrieval", load_data)
 
 
 def main(argv=None) -> dict:
     """Run with command-line flags ``argv``; returns the results.json payload (rank 0)."""
-    return run_retrieval_task(TASK, argv)
+    return run_task(TASK, "xFlickrCO.py", argv)
 
 
 if __name__ == "__main__":

@@ -45,10 +45,10 @@ def golden_dir(path: str | os.PathLike | None) -> Path:
 
 
 def synthetic_world(params: dict | None = None) -> Path:
-    """The synthetic world's folder (generated once under cache/ by this checkout's ``utils.task``), found in a
+    """The synthetic world's folder (generated once under cache/ by this checkout's ``tasks.environment``), found in a
     subprocess so that a run with another checkout's code (``--root``) need not have that module."""
     params = params or {"images": 200, "seed": 0}
-    code = ("import json, sys; from utils.task import resolve_data_root; "
+    code = ("import json, sys; from tasks.environment import resolve_data_root; "
             f"print(resolve_data_root({{'synthetic': json.loads(sys.argv[1])}}))")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(params)], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -61,7 +61,7 @@ def prepared_task_config(config_path: str | os.PathLike) -> tuple[dict, Path]:
     """(config, data root) of a task config with its synthetic world made and its weightless text encoder folder
     written (``text_config``), done in a subprocess of this checkout like :func:`synthetic_world`."""
     code = ("import json, sys; from utils.config import load_config; "
-            "from utils.task import prepare_text_encoder, resolve_data_root; "
+            "from tasks.environment import prepare_text_encoder, resolve_data_root; "
             "c = load_config(sys.argv[1]); root = resolve_data_root(c); "
             "c['text_encoder'] = prepare_text_encoder(c, root); print(json.dumps([c, str(root)], default=str))")
     out = subprocess.run([sys.executable, "-c", code, str(config_path)], cwd=REPO, capture_output=True, text=True,

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     from dataset.pretrain import build_pretrain_loaders
     from dataset.tokenizer import load_tokenizer
-    from utils.task import resolve_data_root
+    from tasks.environment import resolve_data_root
 
     torch.set_num_threads(args.threads)
     root = resolve_data_root({"synthetic": {"images": 200, "seed": 0}})

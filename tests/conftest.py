@@ -79,7 +79,7 @@ def random_checkpoint(tmp_path_factory):
     def make(config_file, schema, model_name):
         from models.factory import create_model
         from utils.config import load_config
-        from utils.task import prepare_text_encoder, resolve_data_root
+        from tasks.environment import prepare_text_encoder, resolve_data_root
 
         key = (str(config_file), str(schema), model_name)
         if key not in made:

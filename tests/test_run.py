@@ -4,6 +4,7 @@ import sys
 import pytest
 
 import run
+from tasks.registry import TaskInfo
 
 
 def dry(capsys, *argv):
@@ -16,7 +17,7 @@ def test_multinode_command_from_flags(capsys):
               "--master_addr", "10.1.2.3", "--master_port", "29600")
     assert out.count("-m utils.launch") == 1
     assert "--nproc-per-node=8 --nnodes=2 --node-rank=1 --master-addr=10.1.2.3 --master-port=29600" in out
-    assert "Retrieval.py --config configs/retrieval/coco_all.yaml" in out
+    assert "Retrieval.py --task itr_coco --config configs/retrieval/coco_all.yaml" in out
 
 
 def test_multinode_nproc_override_and_env_fallback(capsys):
@@ -49,7 +50,7 @@ def test_flags_are_forwarded_and_fewshot_picks_its_config(capsys, tmp_path):
               "--epoch", "2", "--lr", "1e-5", "--evaluate", "--resume", "latest", "--output_dir", str(tmp_path),
               "--opts", "a.b=1", "c=2")
     assert "--config configs/xvnli/xvnli_fewshot.yaml" in out
-    for piece in ("--bs 64", "--seed 3", "--epoch 2", "--lr 1e-5", "--fewshot ar,48", "--evaluate",
+    for piece in ("--bs 64", "--seed 3", "--epoch 2", "--lr 1e-05", "--fewshot ar,48", "--evaluate",
                   "--resume latest", f"--output_dir {tmp_path}", "--opts a.b=1 c=2"):
         assert piece in out
 
@@ -65,9 +66,9 @@ def test_unknown_task_is_rejected(capsys):
 
 
 def test_missing_script_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(run.TASKS, "ghost", run.Task("Ghost.py", "configs/none.yaml"))
+    monkeypatch.setitem(run.TASKS, "ghost", TaskInfo("ghost", "Ghost.py", "configs/none.yaml", "s.yaml", "ghost"))
     assert run.main(["--task", "ghost", "--dist", "cpu"]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert "Ghost.py does not exist" in capsys.readouterr().err
 
 
 def test_a_failing_worker_passes_its_exit_code_without_a_launcher_traceback(monkeypatch, tmp_path, capfd):
@@ -75,7 +76,7 @@ def test_a_failing_worker_passes_its_exit_code_without_a_launcher_traceback(monk
     script.write_text("import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
-    monkeypatch.setitem(run.TASKS, "failing", run.Task(str(script), str(config)))
+    monkeypatch.setitem(run.TASKS, "failing", TaskInfo("t", str(script), str(config), "s.yaml", "t"))
     assert run.main(["--task", "failing", "--dist", "cpu:2"]) == 3
     err = capfd.readouterr().err
     assert "failed on rank 1 with exit code 3" in err and "Traceback" not in err
@@ -86,7 +87,7 @@ def test_a_succeeding_worker_exits_zero(monkeypatch, tmp_path):
     script.write_text("import sys\nassert '--config' in sys.argv\n")
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
-    monkeypatch.setitem(run.TASKS, "fine", run.Task(str(script), str(config)))
+    monkeypatch.setitem(run.TASKS, "fine", TaskInfo("t", str(script), str(config), "s.yaml", "t"))
     assert run.main(["--task", "fine", "--dist", "cpu:2"]) == 0
 
 
@@ -98,5 +99,5 @@ def test_gmt_is_forwarded(capsys):
 
 def test_nlvr_domain_runs_the_domain_script_with_its_config(capsys):
     out = dry(capsys, "--task", "nlvr_domain", "--dist", "cpu", "--checkpoint", "/ckpt/cclm.th", "--fewshot", "id")
-    assert "NLVR_pretrain.py --config configs/nlvr/nlvr_domain.yaml" in out
+    assert "NLVR_pretrain.py --task nlvr_domain --config configs/nlvr/nlvr_domain.yaml" in out
     assert "--checkpoint /ckpt/cclm.th" in out and "--fewshot id" in out  # phase 2 takes --fewshot from the script

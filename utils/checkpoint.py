@@ -84,13 +84,14 @@ def _rng_from_saved(state: Mapping) -> dict:
 
 def training_state(model, optimizer=None, scheduler=None, scaler=None, *, epoch: int, step: int,
                    batches_in_epoch: int, config: Mapping | None = None, best: Mapping | None = None,
-                   extra: Mapping | None = None, rng_per_rank: list | None = None,
-                   run_shape: Mapping | None = None) -> dict:
+                   evaluations: Mapping | None = None, extra: Mapping | None = None,
+                   rng_per_rank: list | None = None, run_shape: Mapping | None = None) -> dict:
     """The resume payload: model, optimiser, scheduler, scaler, position in the data, RNG states, config.
 
     ``rng`` is this process's RNG state; ``rng_per_rank`` (every rank's :func:`rng_state`, in rank order) lets each
     process of a multi-process run resume its own streams (dropout masks, hard-negative draws differ per rank).
     ``run_shape`` (world size, steps per epoch, total steps) lets a resume notice that the run's shape changed.
+    ``best`` points at the best evaluation; ``evaluations`` is the run's evaluation history (utils.schedule).
     """
     from utils.optim import unwrap_model
 
@@ -105,6 +106,7 @@ def training_state(model, optimizer=None, scheduler=None, scaler=None, *, epoch:
         "rng": _rng_for_saving(rng_state()),
         "config": dict(config) if config is not None else None,
         "best": dict(best) if best is not None else None,
+        "evaluations": dict(evaluations) if evaluations is not None else None,
         "extra": dict(extra) if extra is not None else None,
     }
 
@@ -117,7 +119,8 @@ def save_training_state(output_dir: str | os.PathLike, state: Mapping, *, is_bes
     if step_file:
         atomic_torch_save(state, out / f"checkpoint_step_{state['step']}.pth")
     if is_best:
-        atomic_torch_save({k: state[k] for k in ("model", "epoch", "step", "config", "best")}, out / BEST)
+        atomic_torch_save({k: state.get(k) for k in ("model", "epoch", "step", "config", "best", "evaluations")},
+                          out / BEST)
     return latest
 
 

@@ -1,7 +1,9 @@
 """The one training loop every task uses: AMP, accumulation with DDP no_sync, clipping, evaluation, checkpoints.
 
 A task gives the :class:`Trainer` a model, a function that returns the training batches of an epoch, an optional
-evaluation function and, when its step is unusual (pre-training alternates two kinds of batches), a ``train_step``.
+evaluation function (called at the epochs ``utils.schedule.EvaluationSchedule`` makes due; every result is kept in
+an ``EvaluationHistory`` that checkpoints carry) and, when its step is unusual (pre-training alternates two kinds of
+batches), a ``train_step``.
 A ``train_step(ctx, batch)`` runs forwards inside ``ctx.micro_step()`` and hands the losses to ``ctx.backward``; the
 context does the scaling, accumulation, clipping and optimiser step. The scheduler advances once per loop iteration
 in which at least one optimiser step happened (the original stepped it once per pre-training iteration of two updates).
@@ -12,7 +14,7 @@ import contextlib
 import logging
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -26,6 +28,7 @@ from utils.dist import DistEnv, all_gather_object, barrier
 from utils.logging import RunningMeans, append_jsonl
 from utils.optim import build_optimizer, build_scheduler, unwrap_model
 from utils.precision import autocast_context, build_grad_scaler, resolve_precision
+from utils.schedule import EvaluationHistory, EvaluationSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +118,6 @@ class TrainState:
     epoch: int = 0                 # the epoch in progress (or the next one at an epoch boundary)
     step: int = 0                  # scheduler steps taken
     batches_in_epoch: int = 0      # batches of `epoch` already consumed
-    best: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -126,7 +128,8 @@ class Trainer:
                  evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
                  primary_metric: str | None = None, init_params: Iterable[str] = (),
                  train_step: Callable[[StepContext, Any], None] = default_train_step,
-                 epochs: int | None = None, extra_state: Callable[[], Mapping] | None = None):
+                 epochs: int | None = None, extra_state: Callable[[], Mapping] | None = None,
+                 schedule: EvaluationSchedule | None = None):
         self.config, self.env = config, env
         self.output_dir = Path(output_dir)
         run = config.get("run", {})
@@ -136,6 +139,9 @@ class Trainer:
         self.precision = resolve_precision(config, env.device)
         self.scaler = build_grad_scaler(self.precision, config, env.device)
         self.train_batches, self.evaluate_fn, self.primary_metric = train_batches, evaluate, primary_metric
+        # primary_metric: the metric the best evaluation maximises (utils.schedule.LAST: the latest is the best)
+        self.schedule = schedule or EvaluationSchedule.from_config(config)
+        self.history = EvaluationHistory(primary_metric)
         self.train_step = train_step
         # Task state saved with every checkpoint (e.g. the pre-training streams' positions); after resume() the
         # saved value is in self.resumed_extra.
@@ -162,6 +168,7 @@ class Trainer:
         self.state = TrainState()
         self.micro = 0
         self.meters = RunningMeans()
+        self.evaluating_epoch: int | None = None
         self.last_train_means: dict = {}
         self._ctx = StepContext(self)
         logger.info("precision %s, accumulation %d, clip %s, %d steps (%d per epoch x %d epochs%s)",
@@ -224,7 +231,7 @@ class Trainer:
         return ckpt.training_state(self.raw_model, self.optimizer, self.scheduler, self.scaler,
                                    epoch=self.state.epoch, step=self.state.step,
                                    batches_in_epoch=self.state.batches_in_epoch, config=self.config,
-                                   best=self.state.best,
+                                   best=self.history.best_pointer(), evaluations=self.history.state_dict(),
                                    extra=extra, rng_per_rank=rng_per_rank, run_shape=self.run_shape())
 
     def run_shape(self) -> dict:
@@ -273,7 +280,12 @@ class Trainer:
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.state = TrainState(epoch=state["epoch"], step=state["step"],
-                                batches_in_epoch=state.get("batches_in_epoch", 0), best=state.get("best") or {})
+                                batches_in_epoch=state.get("batches_in_epoch", 0))
+        self.history.load_state_dict(state.get("evaluations") or {})
+        if state.get("best") and "evaluations" not in state:
+            logger.warning("%s predates evaluation histories in checkpoints: its earlier evaluations (best so far: "
+                           "%s) are not known to this run, which chooses its best among the evaluations from now on",
+                           path, state["best"])
         self.resumed_extra = dict(state.get("extra") or {})
         saved_shape, shape = state.get("run_shape"), self.run_shape()
         if saved_shape and saved_shape != shape:
@@ -305,16 +317,6 @@ class Trainer:
         self.raw_model.train()
         return metrics
 
-    def _is_better(self, metrics: Mapping) -> bool:
-        if not self.primary_metric or self.primary_metric not in metrics:
-            return False
-        value = float(metrics[self.primary_metric])
-        best = self.state.best.get(self.primary_metric)
-        if best is None or value > best:
-            self.state.best = {self.primary_metric: value, "epoch": self.state.epoch, "step": self.state.step}
-            return True
-        return False
-
     # ---------------------------------------------------------------- loop
     def _log_step(self, epoch: int) -> None:
         means = self.meters.means()
@@ -337,8 +339,6 @@ class Trainer:
             raise ValueError("Trainer.fit needs train_batches")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.raw_model.train()
-        metrics: dict = {}
-        evaluated_at = None
         while self.state.epoch < self.epochs and not self._done():
             epoch, skip = self.state.epoch, self.state.batches_in_epoch
             batches = self.train_batches(epoch, skip)
@@ -369,21 +369,32 @@ class Trainer:
                 self.state.epoch, self.state.batches_in_epoch = epoch + 1, 0
                 if self.snapshot_epochs and (epoch + 1) % self.snapshot_epochs == 0:
                     self.save_model_snapshot(f"model_state_epoch_{epoch}.th")
-            eval_every = int(self.config.get("run", {}).get("eval_every", 1) or 1)
             is_best = False
-            due = stopped or (epoch + 1) % eval_every == 0 or self.state.epoch >= self.epochs
-            if self.evaluate_fn is not None and due:
-                metrics = self.run_evaluation()
-                evaluated_at = self.state.step
-                is_best = self._is_better(metrics)
-                if self.env.is_main:
-                    append_jsonl(self.output_dir / "metrics.jsonl", {"epoch": epoch, "step": self.state.step,
-                                                                      **{f"eval/{k}": v for k, v in metrics.items()}})
-                    logger.info("evaluation after epoch %d: %s", epoch, _fmt(metrics))
+            if self.evaluate_fn is not None:
+                if self.schedule.due(epoch, final=stopped or self._finished()):
+                    is_best = self._evaluate_and_record(epoch)
+                else:
+                    logger.info("epoch %d: no evaluation (%s)", epoch, self.schedule)
             self.save(is_best=is_best)
-        if self.evaluate_fn is not None and evaluated_at != self.state.step:
-            metrics = self.run_evaluation()
-        return metrics
+        if self.evaluate_fn is not None and self.state.step not in self.history.records:
+            # the end of the run was not evaluated (a resumed finished run): evaluate it, as every run's last step is
+            self._evaluate_and_record(self.state.epoch - 1 if self.state.batches_in_epoch == 0 else self.state.epoch)
+        last = self.history.last()
+        return dict(last["metrics"]) if last else {}
+
+    def _finished(self) -> bool:
+        return self.state.epoch >= self.epochs or self._done()
+
+    def _evaluate_and_record(self, epoch: int) -> bool:
+        """Evaluate after ``epoch``, log it, record it in the history; True when it is the new best."""
+        self.evaluating_epoch = epoch  # what the evaluate function may name its outputs after (prediction files)
+        metrics = self.run_evaluation()
+        is_best = self.history.add(self.state.step, epoch, metrics)
+        if self.env.is_main:
+            append_jsonl(self.output_dir / "metrics.jsonl", {"epoch": epoch, "step": self.state.step,
+                                                              **{f"eval/{k}": v for k, v in metrics.items()}})
+            logger.info("evaluation after epoch %d: %s", epoch, _fmt(metrics))
+        return is_best
 
 
 def _safe_len(obj) -> int | None:

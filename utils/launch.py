@@ -2,7 +2,7 @@
 
 The same launcher (``torch.distributed.run``'s argument parsing and elastic agent); a failed worker ends the launch
 with one line naming the rank and its exit code, which becomes the launch's exit code (a task script's user error is
-2, see ``utils.cli.run_script``). The worker's own error is printed above it.
+2, see ``tasks.runner.run_script``). The worker's own error is printed above it.
 """
 from __future__ import annotations
 

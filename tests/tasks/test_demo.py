@@ -12,8 +12,11 @@ from PIL import Image
 
 import Demo
 from dataset.checked import AnnotationError
+from tasks.demo import arms as demo_arms
+from tasks.demo import data as demo_data
+from tasks.demo import report as demo_report
+from tasks.demo.plots import loss_series, plot_recall_curves, plot_training_curves
 from models.ranking import CCLMView
-from utils.demo_plots import loss_series, plot_recall_curves, plot_training_curves
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -26,7 +29,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------------ batches
 
-def tiny_data(n_images=6, n_pairs=5, length=7) -> Demo.TrainingData:
+def tiny_data(n_images=6, n_pairs=5, length=7) -> demo_data.TrainingData:
     g = torch.Generator().manual_seed(0)
     captions = [[2 * i, 2 * i + 1] for i in range(n_images)]
     atts = torch.zeros(2 * n_images, length, dtype=torch.long)
@@ -34,7 +37,7 @@ def tiny_data(n_images=6, n_pairs=5, length=7) -> Demo.TrainingData:
         atts[row, :3 + row % 3] = 1
     para_atts = torch.zeros(n_pairs, 2, length, dtype=torch.long)
     para_atts[:, :, :4] = 1
-    return Demo.TrainingData(images=torch.rand(n_images, 3, 8, 8, generator=g), captions=captions,
+    return demo_data.TrainingData(images=torch.rand(n_images, 3, 8, 8, generator=g), captions=captions,
                              caption_ids=torch.randint(4, 50, (2 * n_images, length), generator=g), caption_atts=atts,
                              para_ids=torch.randint(4, 50, (n_pairs, 2, length), generator=g), para_atts=para_atts)
 
@@ -47,15 +50,15 @@ def batch_config(itm_from=0.5, itm_every=2):
 def test_trim_padding_keeps_every_token_of_the_longest_row():
     ids = torch.arange(12).view(2, 6)
     atts = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0]])
-    trimmed_ids, trimmed_atts = Demo.trim_padding(ids, atts)
+    trimmed_ids, trimmed_atts = demo_data.trim_padding(ids, atts)
     assert trimmed_ids.tolist() == [[0, 1, 2], [6, 7, 8]]
     assert trimmed_atts.tolist() == [[1, 1, 0], [1, 1, 1]]
 
 
 def test_both_arms_draw_the_same_image_batches_and_only_one_gets_translation_pairs():
     data = tiny_data()
-    with_para = list(Demo.EpochBatches(data, batch_config(), 1, 0, True, 5, 10))
-    without = list(Demo.EpochBatches(data, batch_config(), 1, 0, False, 5, 10))
+    with_para = list(demo_data.EpochBatches(data, batch_config(), 1, 0, True, 5, 10))
+    without = list(demo_data.EpochBatches(data, batch_config(), 1, 0, False, 5, 10))
     assert len(with_para) == len(without) == 5
     for a, b in zip(with_para, without):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["text_ids"], b["text_ids"])
@@ -66,14 +69,14 @@ def test_both_arms_draw_the_same_image_batches_and_only_one_gets_translation_pai
             i = next(k for k in range(len(data.images)) if torch.equal(data.images[k], image))
             width = ids.shape[0]
             assert any(torch.equal(ids, data.caption_ids[c, :width]) for c in data.captions[i])
-    other_epoch = next(iter(Demo.EpochBatches(data, batch_config(), 2, 0, True, 5, 10)))
+    other_epoch = next(iter(demo_data.EpochBatches(data, batch_config(), 2, 0, True, 5, 10)))
     assert not torch.equal(other_epoch["image"], with_para[0]["image"])
 
 
 def test_resumed_epoch_skips_the_batches_already_seen():
     data = tiny_data()
-    full = list(Demo.EpochBatches(data, batch_config(), 0, 0, True, 5, 10))
-    resumed = Demo.EpochBatches(data, batch_config(), 0, 2, True, 5, 10)
+    full = list(demo_data.EpochBatches(data, batch_config(), 0, 0, True, 5, 10))
+    resumed = demo_data.EpochBatches(data, batch_config(), 0, 2, True, 5, 10)
     assert len(resumed) == 3
     for a, b in zip(full[2:], resumed):
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["para_ids"], b["para_ids"])
@@ -83,9 +86,9 @@ def test_matching_loss_schedule():
     # 10 steps, ITM from step ceil(0.5 * 10) = 5, every 2nd step: steps 5, 7, 9 (epoch 1, batches 0, 2, 4)
     data = tiny_data()
     flags = [b["with_itm"] for epoch in (0, 1)
-             for b in Demo.EpochBatches(data, batch_config(0.5, 2), epoch, 0, True, 5, 10)]
+             for b in demo_data.EpochBatches(data, batch_config(0.5, 2), epoch, 0, True, 5, 10)]
     assert flags == [False] * 5 + [True, False, True, False, True]
-    never = [b["with_itm"] for b in Demo.EpochBatches(data, batch_config(1.0, 1), 1, 0, True, 5, 10)]
+    never = [b["with_itm"] for b in demo_data.EpochBatches(data, batch_config(1.0, 1), 1, 0, True, 5, 10)]
     assert not any(never)
 
 
@@ -120,10 +123,10 @@ def test_demo_losses_follow_the_batch(tiny_model):
     model, tokenizer = tiny_model
     ids, atts = text_batch(tokenizer, ["a red circle on the left", "zwei grüne dreiecke", "左に赤い丸があります"])
     batch = {"image": torch.rand(3, 3, 32, 32), "text_ids": ids, "text_atts": atts, "with_itm": False}
-    assert set(Demo.demo_losses(model, batch)) == {"loss_itc"}
+    assert set(demo_arms.demo_losses(model, batch)) == {"loss_itc"}
     para = dict(batch, para_ids=ids, para_atts=atts, para_ids_2=ids.flip(0), para_atts_2=atts.flip(0),
                 with_itm=True)
-    losses = Demo.demo_losses(model, para)
+    losses = demo_arms.demo_losses(model, para)
     assert set(losses) == {"loss_itc", "loss_ttc", "loss_itm"}
     sum(losses.values()).backward()
     assert model.itm_head[0].weight.grad is not None and model.text_proj.weight.grad is not None
@@ -131,7 +134,7 @@ def test_demo_losses_follow_the_batch(tiny_model):
     model.zero_grad()
     # ITM on the first two pairs only, negatives drawn at a softer temperature among them
     torch.manual_seed(0)
-    half = Demo.demo_losses(model, para, negatives_temp=0.1, itm_rows=2)
+    half = demo_arms.demo_losses(model, para, negatives_temp=0.1, itm_rows=2)
     assert set(half) == {"loss_itc", "loss_ttc", "loss_itm"} and torch.isfinite(half["loss_itm"])
 
 
@@ -166,9 +169,9 @@ def test_training_records_without_the_caption_language_name_the_line(tmp_path, t
                {"binary": jpeg_base64(), "caption": {"de": "ein rotes quadrat"}}]
     (tmp_path / "it" / "part-00000.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     config = {"image_res": 32, "demo": {"caption_language": "en"}, "train_file": ["it"], "train_file_text": ["pt"]}
-    encode = Demo.TextInputs(tiny_tokenizer, 30, 16)
+    encode = demo_data.TextInputs(tiny_tokenizer, 30, 16)
     with pytest.raises(AnnotationError, match=r"part-00000.jsonl:2: .*'en'"):
-        Demo.load_training_data(config, tmp_path, encode)
+        demo_data.load_training_data(config, tmp_path, encode)
 
 
 def test_held_out_sets_must_be_parallel(tmp_path):
@@ -178,7 +181,7 @@ def test_held_out_sets_must_be_parallel(tmp_path):
     (folder / "test_2016_flickr.en.json").write_text(json.dumps(entries))
     (folder / "test_2016_flickr.de.json").write_text(json.dumps(entries[::-1]))
     with pytest.raises(AnnotationError, match="test_2016_flickr.de.json.*parallel"):
-        Demo.load_heldout(tmp_path, ["en", "de"], 32, 30)
+        demo_data.load_heldout(tmp_path, ["en", "de"], 32, 30)
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -190,12 +193,12 @@ def arm(name, t2i_r1: dict, with_itm=True):
         if with_itm:
             metrics[lang].update({"t2i_itm_r1": r1 - 2, "t2i_itm_r5": r1 + 8, "i2t_itm_r1": r1 - 3,
                                   "i2t_itm_r5": r1 + 7})
-    return Demo.ArmResult(name, metrics, {"steps": [10, 20], "languages": {k: [1.0, v] for k, v in t2i_r1.items()}},
+    return demo_arms.ArmResult(name, metrics, {"steps": [10, 20], "languages": {k: [1.0, v] for k, v in t2i_r1.items()}},
                           [{"step": 10, "loss_itc": 2.0}, {"step": 20, "loss_itc": 1.5}], seconds=12.0, steps=20)
 
 
 def test_targets_are_checked_per_arm():
-    checks = Demo.check_targets([arm("with_parallel_text", {"en": 55.0, "de": 34.0, "ja": 32.0}),
+    checks = demo_report.check_targets([arm("with_parallel_text", {"en": 55.0, "de": 34.0, "ja": 32.0}),
                                  arm("without_parallel_text", {"en": 50.0, "de": 4.0, "ja": 6.5})])
     verdicts = {c["target"].split(":")[0] + ":" + c["target"].split(":")[1].split()[0]: c["ok"] for c in checks}
     # 0.6 x 55 = 33: de (34) passes, ja (32) misses; without parallel text ja (6.5) is above the 5% ceiling
@@ -206,11 +209,11 @@ def test_targets_are_checked_per_arm():
 def test_results_table_lists_both_arms_side_by_side():
     arms = [arm("with_parallel_text", {"en": 55.0, "de": 34.0}), arm("without_parallel_text", {"en": 50.0,
                                                                                                 "de": 4.0}, False)]
-    text = Demo.results_table(arms)
+    text = demo_report.results_table(arms)
     de_row = next(line for line in text.splitlines() if line.startswith("de "))
     assert de_row.split() == ["de", "|", "34.0/44.0", "32.0/42.0", "33.0/43.0", "31.0/41.0", "|", "4.0/14.0", "-",
                               "3.0/13.0", "-"]
-    markdown = Demo.results_table(arms, markdown=True)
+    markdown = demo_report.results_table(arms, markdown=True)
     assert "| en | 55.0/65.0 | 53.0/63.0 | 54.0/64.0 | 52.0/62.0 | 50.0/60.0 | - | 49.0/59.0 | - |" in markdown
 
 

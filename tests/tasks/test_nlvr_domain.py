@@ -1,5 +1,7 @@
 """NLVR_pretrain.py (task nlvr_domain): domain pre-training on the synthetic world, then NLVR fine-tuning from it."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 import NLVR_pretrain
 from utils.checkpoint import LATEST, load_training_state
 from utils.config import ConfigError
-from utils.task import resolve_data_root
+from tasks.environment import resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs/tiny/nlvr_domain.yaml")
@@ -33,11 +35,17 @@ def fast_nlvr_config(folder: Path) -> Path:
 
 
 def test_domain_pretraining_then_nlvr_finetuning_from_its_checkpoint(world, tmp_path):
+    """run.py runs phase 1 (NLVR_pretrain.py), then phase 2 (NLVR.py) from its checkpoint, in two launches."""
     out = tmp_path / "run"
-    result = NLVR_pretrain.main(["--config", TINY, "--output_dir", str(out), "--seed", "7", "--opts", *FAST,
-                                 "run.max_steps=3", f"nlvr_finetune.config={fast_nlvr_config(tmp_path)}"])
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--task", "nlvr_domain", "--dist", "cpu",
+                           "--config", TINY, "--output_dir", str(out), "--seed", "7", "--opts", *FAST,
+                           "run.max_steps=3", f"nlvr_finetune.config={fast_nlvr_config(tmp_path)}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "nlvr_domain done; starting task nlvr" in done.stderr
     domain = read_json(out / "results.json")
     assert domain["extra"]["task"] == "nlvr_domain" and domain["languages"]["final"]["steps"] == 3
+    assert domain["extra"]["nlvr_finetune"] == str(out / "nlvr_ft")
     assert torch.isfinite(torch.tensor(domain["languages"]["final"]["loss_ta"]))
     state = load_training_state(out / LATEST)["model"]
     assert {"ta_head.weight", "vision_proj.weight"} <= set(state)
@@ -45,10 +53,18 @@ def test_domain_pretraining_then_nlvr_finetuning_from_its_checkpoint(world, tmp_
     # phase 2: NLVR.py from that checkpoint, in a sub-folder, with the shared seed
     nlvr = read_json(out / "nlvr_ft" / "results.json")
     assert list(nlvr["languages"]) == ["en", "zh"] and nlvr["extra"]["checkpoint"] == str(out / LATEST)
-    assert result["nlvr"]["languages"] == nlvr["languages"]
+    assert nlvr["extra"]["task"] == "nlvr"
     assert "seed: 7" in (out / "nlvr_ft" / "config.yaml").read_text()
     log = (out / "nlvr_ft" / "log.txt").read_text()
     assert "dropped ta_head.weight" in log and "cls_head" in log
+
+
+def test_phase_one_alone_names_the_phase_two_command(world, tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("INFO"):
+        NLVR_pretrain.main(["--config", TINY, "--output_dir", str(out), "--opts", *FAST, "run.max_steps=1"])
+    assert f"next: python3 run.py --task nlvr --config configs/tiny/nlvr.yaml --output_dir {out / 'nlvr_ft'}" \
+        in caplog.text and not (out / "nlvr_ft").exists()
 
 
 def test_domain_pretraining_alone_lowers_its_loss(world, tmp_path):

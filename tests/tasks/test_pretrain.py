@@ -9,7 +9,7 @@ import torch
 
 import Pretrain
 from utils.checkpoint import LATEST, load_training_state
-from utils.task import resolve_data_root
+from tasks.environment import resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_4M = str(ROOT / "configs/tiny/pretrain_cclm_4m.yaml")

@@ -16,9 +16,10 @@ from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
 from models.ranking import CCLMView, encode_images, encode_texts, rerank_topk
 from utils.config import ConfigError, load_config
-from utils.retrieval_task import (TrainCollate, choose_selection, eval_due, fewshot_selection,
-                                  language_files, load_standard_data, per_process_batch, subset_eval_data)
-from utils.task import prepare_text_encoder, resolve_data_root
+from tasks.environment import prepare_text_encoder, resolve_data_root
+from tasks.retrieval import TrainCollate, per_process_batch
+from tasks.retrieval_data import choose_selection, fewshot_selection, load_standard_data, subset_eval_data
+from utils.schedule import LAST, EvaluationSchedule
 
 from tests.retrieval_reference import one_query_at_a_time
 
@@ -58,38 +59,6 @@ class Sets(dict):
 
 # --------------------------------------------------------------------------------------------- shared pieces
 
-def test_language_files_mapping_template_and_discovery(tmp_path):
-    for lang in ("de", "en", "ja"):
-        (tmp_path / lang).mkdir()
-        (tmp_path / lang / "test.jsonl").write_text("")
-    assert list(language_files("{lang}/test.jsonl", None, tmp_path, "test_file")) == ["en", "de", "ja"]
-    assert language_files("{lang}/test.jsonl", ["ja"], tmp_path, "test_file") == {"ja": tmp_path / "ja/test.jsonl"}
-    mapping = {"en": "a.json", "zh": "b.json"}
-    for name in mapping.values():
-        (tmp_path / name).write_text("[]")
-    assert language_files(mapping, None, tmp_path, "val_file") == {"en": tmp_path / "a.json", "zh": tmp_path / "b.json"}
-    assert list(language_files(mapping, ["zh"], tmp_path, "val_file")) == ["zh"]
-    with pytest.raises(ConfigError, match=r"'val_file' has no file for language\(s\) \['fr'\]"):
-        language_files(mapping, ["fr"], tmp_path, "val_file")
-    with pytest.raises(FileNotFoundError, match=r"'test_file': no such file for fr: .*fr/test\.jsonl"):
-        language_files("{lang}/test.jsonl", ["en", "fr"], tmp_path, "test_file")
-    with pytest.raises(FileNotFoundError, match=r"'val_file': no such file for cs: .*c\.json"):
-        language_files({"cs": "c.json"}, None, tmp_path, "val_file")
-    with pytest.raises(ConfigError, match="template with {lang}"):
-        language_files("en/test.jsonl", None, tmp_path, "test_file")
-    with pytest.raises(ConfigError, match="no file matches"):
-        language_files("{lang}/dev.jsonl", None, tmp_path, "test_file")
-
-
-def test_evaluation_schedule_is_the_reference_one():
-    due = lambda start, interval, epochs: [e for e in range(epochs) if eval_due(e, start, interval, epochs)]  # noqa
-    assert due(7, 1, 10) == [7, 8, 9]                       # xFlickrCO.yaml
-    assert due(9, 10, 60) == [9, 19, 29, 39, 49, 59]        # few-shot configs
-    assert due(3, 1, 5) == [3, 4]                           # WIT.yaml
-    assert due(0, 1, 3) == [0, 1, 2]                        # Retrieval: every epoch
-    assert due(9, 10, 12) == [9, 11]                        # the last epoch is always evaluated
-
-
 def test_selection_rules():
     val, test = Sets(en=1, de=1), Sets(en=1, de=1, fr=1)
     default = choose_selection({"selection": {"split": "val", "languages": None}}, val, test)
@@ -98,7 +67,7 @@ def test_selection_rules():
     assert english.languages == ["en"]
     reference = choose_selection({"selection": {"split": "test", "languages": None}}, val, test)
     assert reference.metric == "test_r_mean" and "test data" in reference.describe()
-    assert choose_selection({"selection": {"split": "last"}}, val, test).metric == "eval_step"
+    assert choose_selection({"selection": {"split": "last"}}, val, test).metric == LAST
     with pytest.raises(ConfigError, match="no val set"):
         choose_selection({"selection": {"split": "val"}}, {}, test)
     with pytest.raises(ConfigError, match=r"names \['ja'\]"):
@@ -109,7 +78,7 @@ def test_selection_rules():
 
 def test_fewshot_selection_uses_the_target_validation_set_when_there_is_one():
     assert fewshot_selection({}, Sets(de=1), Sets(de=1), "de").metric == "val_r_mean"
-    assert fewshot_selection({"fewshot_selection": "last"}, {}, Sets(de=1), "de").metric == "eval_step"
+    assert fewshot_selection({"fewshot_selection": "last"}, {}, Sets(de=1), "de").metric == LAST
     reference = fewshot_selection({"fewshot_selection": "test"}, {}, Sets(de=1), "de")
     assert (reference.metric, reference.languages) == ("test_r_mean", ["de"])
     with pytest.raises(ConfigError, match="fewshot_selection"):
@@ -145,27 +114,6 @@ def test_subset_eval_data_renumbers_the_ground_truth():
     part = subset_eval_data(data, range(1, 3))
     assert part.images == ["img1", "img2"] and part.texts == ["t1.0", "t2.0", "t2.1", "t2.2"]
     assert part.img2txt == [[0], [1, 2, 3]] and part.txt2img == [0, 1, 1, 1]
-
-
-def test_best_result_predating_a_resume_is_re_evaluated_from_the_best_checkpoint(tmp_path):
-    from types import SimpleNamespace
-
-    from utils.checkpoint import BEST
-    from utils.retrieval_task import ScheduledEvaluation, best_metrics
-
-    model = torch.nn.Linear(2, 1, bias=False)
-    torch.nn.init.constant_(model.weight, 3.0)
-    torch.save({"model": model.state_dict(), "step": 7}, tmp_path / BEST)
-    torch.nn.init.constant_(model.weight, -1.0)  # the weights after more (worse) training
-    evaluator = lambda m: {"weight_sum": float(m.weight.sum())}  # noqa: E731
-    trainer = SimpleNamespace(state=SimpleNamespace(best={"val_r_mean": 50.0, "step": 7, "epoch": 1}, step=9))
-    run = ScheduledEvaluation({}, evaluator, None)
-    run.history = {9: {"epoch": 2, "metrics": {"weight_sum": -2.0}}}
-    metrics, facts = best_metrics(trainer, run, evaluator, model, tmp_path, {}, torch.device("cpu"), {})
-    assert metrics == {"weight_sum": 6.0} and facts["best_step"] == 7
-    run.history[7] = {"epoch": 1, "metrics": {"weight_sum": 123.0}}  # in this process's history: no reload
-    metrics, facts = best_metrics(trainer, run, evaluator, model, tmp_path, {}, torch.device("cpu"), {})
-    assert metrics == {"weight_sum": 123.0} and facts["best_epoch"] == 1
 
 
 # --------------------------------------------------------------------------------------------- re-rank, real model
@@ -228,7 +176,7 @@ def test_wit_preprocessing_and_fewshot_split(world, tmp_path):
     assert len(few.train.key_to_idx) == 10
     test = few.test["ja"]
     assert len(test) == len(urls) - 10 and len(test.texts) == sum(r["image_url"] in urls[10:] for r in raw)
-    assert few.selection.metric == "eval_step" and few.details["fewshot_test_images"] == len(urls) - 10
+    assert few.selection.metric == LAST and few.details["fewshot_test_images"] == len(urls) - 10
     with pytest.raises(ConfigError, match="number of images"):
         WIT.load_fewshot_wit(dict(config, fewshot="ja,10x2"), tmp_path)
 
@@ -361,7 +309,7 @@ def test_xflickrco_train_evaluate_fewshot(world, tmp_path):
     trained, evaluated, few = run_round(xFlickrCO, "xflickrco.yaml", tmp_path, "de,25", ["test_languages=[en,ja]"])
     check_round(tmp_path, trained, evaluated, few, ["en", "ja"], "de", "val_r_mean")
     assert list(trained["extra"]["val"]) == ["en"]  # English Flickr30K valid selects
-    assert few["extra"]["selection_metric"] == "eval_step" and few["extra"]["val"] == {}
+    assert few["extra"]["selection_metric"] == LAST and few["extra"]["val"] == {}
     assert few["extra"]["train_files"][0].endswith("xFlickrCO/annotations/de/train_25.jsonl")
 
 
@@ -377,16 +325,21 @@ def test_wit_train_evaluate_fewshot(world, tmp_path):
 def test_gmt_evaluates_the_machine_translated_test_files(world, tmp_path, module, config, gmt_file,
                                                         random_checkpoint):
     """--gmt (translate-test): every test language but English, read from the machine-translated files."""
-    from utils.cli import build_config, parse_task_args
+    from tasks.cli import build_config, task_parser
+    from tasks.registry import task_info
+
+    info = task_info(config.removesuffix(".yaml"))
+
+    def built(argv):
+        return build_config(info, task_parser(info, [info.name], "t").parse_args(argv), 1)
 
     flags = ["--config", str(ROOT / "configs/tiny" / config), "--evaluate", "--opts", *FAST, "test_languages=[en,ja]"]
     out = module.main([*flags[:3], "--gmt", "--checkpoint", tiny_retrieval_checkpoint(random_checkpoint, config),
                        "--output_dir", str(tmp_path), *flags[3:]])
     assert list(out["languages"]) == ["ja"] and out["extra"]["translate_test"] is True
     if module is WIT:
-        module.prepare_wit(build_config(module.SPEC, parse_task_args([*flags, "gmt=true"], "t"), 1), world)
-    gmt, human = (module.load_data(build_config(module.SPEC, parse_task_args(f, "t"), 1), world).test["ja"]
-                  for f in ([*flags, "gmt=true"], flags))
+        module.prepare_wit(built([*flags, "gmt=true"]), world)
+    gmt, human = (module.load_data(built(f), world).test["ja"] for f in ([*flags, "gmt=true"], flags))
     assert len(gmt.texts) == sum(len(r.get("sentences", [None])) for r in jsonl(world / gmt_file))
     assert gmt.texts != human.texts  # translated captions, not the human ones
     assert out["extra"]["sizes"]["test"]["ja"]["texts"] == len(gmt.texts)
@@ -426,7 +379,8 @@ def test_language_variants_are_small_overrides():
     zh = load_config(ROOT / "configs/retrieval/coco_zh.yaml", schema=SCHEMA)
     assert zh["test_file"]["zh"] == "data/finetune/mscoco/zh.test.json" and zh["test_languages"] == ["zh"]
     xf = load_config(ROOT / "configs/xflickrco/xflickrco.yaml", schema=SCHEMA)
-    assert [e for e in range(10) if eval_due(e, xf["start_eval"], xf["eval_interval"], 10)] == [7, 8, 9]
+    schedule = EvaluationSchedule.from_config(xf)
+    assert [e for e in range(10) if schedule.due(e, final=e == 9)] == [7, 8, 9]
 
 
 @pytest.mark.slow

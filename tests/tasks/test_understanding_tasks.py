@@ -12,11 +12,10 @@ from torch.utils.data import Dataset
 import GQA
 import NLVR
 import XVNLI
-from utils.classification_task import (ClassificationCollate, EvalSet, best_epoch, classification_accuracy,
-                                       eval_loader, is_due, language_files, train_loader)
+from tasks.understanding import ClassificationCollate, EvalSet, classification_accuracy, eval_loader, train_loader
 from utils.config import load_config
 from utils.dist import DistEnv
-from utils.task import resolve_data_root
+from tasks.environment import resolve_data_root
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = {"synthetic": {"images": 200, "seed": 0}}
@@ -42,44 +41,6 @@ def config_for(task_config, schema, *opts):
 
 
 # --------------------------------------------------------------------------------------------- shared pieces
-
-def test_language_files_finds_every_world_language_english_first(world):
-    files = language_files(world, "iglue/datasets/XVNLI/annotations/{lang}/test.jsonl", None)
-    assert list(files) == ["en", "cs", "de", "fr", "ja", "zh"]
-    assert files["de"] == world / "iglue/datasets/XVNLI/annotations/de/test.jsonl"
-    absolute = language_files(Path("/"), str(world / "iglue/datasets/XVNLI/annotations/{lang}/test.jsonl"), None)
-    assert list(absolute) == list(files)
-
-
-def test_language_files_skips_names_that_are_not_language_codes(tmp_path):
-    for name in ("marvl-id.json", "marvl-zh.json", "marvl-id_train10x2.json", "marvl-zh_gmt.json"):
-        (tmp_path / name).write_text("[]")
-    assert list(language_files(tmp_path, "marvl-{lang}.json", None)) == ["id", "zh"]
-
-
-def test_language_files_names_the_missing_file_and_key(tmp_path):
-    (tmp_path / "en").mkdir()
-    (tmp_path / "en" / "test.jsonl").write_text("")
-    with pytest.raises(FileNotFoundError, match=r"'test_file'.*ar/test\.jsonl"):
-        language_files(tmp_path, "{lang}/test.jsonl", ["en", "ar"])
-    with pytest.raises(ValueError, match="placeholder"):
-        language_files(tmp_path, "en/test.jsonl", None)
-
-
-def test_evaluation_schedule_is_the_reference_one():
-    assert [e for e in range(60) if is_due(e, 9, 10)] == [9, 19, 29, 39, 49, 59]   # few-shot configs
-    assert [e for e in range(5) if is_due(e, 2, 1)] == [2, 3, 4]                    # GQA.yaml
-    assert [e for e in range(10) if is_due(e, 6, 1)] == [6, 7, 8, 9]                # NLVR.yaml
-    assert [e for e in range(3) if is_due(e, 0, 1)] == [0, 1, 2]                    # XVNLI.yaml
-
-
-def test_best_epoch_is_chosen_on_the_selection_split_not_on_test():
-    history = {0: {"val_acc": 50.0, "test_de_acc": 90.0}, 1: {"val_acc": 60.0, "test_de_acc": 10.0},
-               2: {"val_acc": 60.0, "test_de_acc": 99.0}, 3: {}}
-    assert best_epoch(history) == 1  # the earliest of the tied best, as the best checkpoint is
-    with pytest.raises(RuntimeError):
-        best_epoch({0: {}})
-
 
 def test_classification_collate_truncates_only_when_asked(tiny_tokenizer):
     long_text = " ".join(["a red circle on the left"] * 10)

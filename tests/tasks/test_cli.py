@@ -1,8 +1,22 @@
 """Task flags applied to the config."""
+import argparse
+
 import pytest
 
-from utils.cli import TaskSpec, build_config, parse_task_args, key_of_test_files
+from tasks.cli import add_task_arguments, build_config, key_of_test_files
+from tasks.registry import TaskInfo
 from utils.config import ConfigError
+
+
+def parse_task_args(argv, description):
+    parser = argparse.ArgumentParser(description=description)
+    add_task_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def TaskSpec(name, config, schema, bs_keys=(), unsupported_flags=None):
+    return TaskInfo(name, "Toy.py", config, schema, "a toy task", bs_keys=tuple(bs_keys),
+                    refuses=unsupported_flags or {})
 
 
 @pytest.fixture
@@ -71,7 +85,7 @@ def test_an_output_dir_that_is_a_file_is_an_error(spec, tmp_path):
 
 def test_run_script_turns_user_errors_into_one_line_and_exit_code_2(caplog, monkeypatch):
     from dataset.checked import AnnotationError
-    from utils.cli import run_script
+    from tasks.runner import run_script
 
     monkeypatch.setattr("sys.argv", ["task.py", "--bs", "8"])
     seen = []

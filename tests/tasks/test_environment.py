@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 
 from utils.config import ConfigError
-from utils.task import load_starting_weights
+from tasks.environment import load_starting_weights
 
 
 class FakeModel:

@@ -1,14 +1,17 @@
-"""Set-up steps the task scripts share: where the data is (a real folder or a generated synthetic world), the text
-encoder folder and tokenizer, starting weights, and the final results files."""
+"""What a run needs before its data and model: where the data is (a real folder or a generated synthetic world), the
+text encoder folder the model and tokenizer load from, and the starting weights."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Mapping
 
+from dataset.synthetic import ensure_world
+from dataset.tokenizer import check_xlmr_layout, load_tokenizer
 from utils.config import ConfigError
 from utils.dist import barrier, is_main_process
 
@@ -30,8 +33,6 @@ def resolve_data_root(config: dict) -> Path:
     """
     params = config.get("synthetic")
     if params:
-        from dataset.synthetic import ensure_world
-
         out = CACHE / "synthetic" / f"world-{_digest(params)}"
         if is_main_process():
             ensure_world(out, **params)
@@ -56,8 +57,6 @@ def prepare_text_encoder(config: dict, data_root: Path) -> str:
     out = CACHE / "text-encoders" / f"{Path(source).name}-{_digest([source, text_config])}"
     if is_main_process() and not (out / "config.json").is_file():
         from transformers import XLMRobertaConfig
-
-        from dataset.tokenizer import check_xlmr_layout, load_tokenizer
 
         tokenizer = load_tokenizer(source)
         check_xlmr_layout(tokenizer, where=source)
@@ -96,8 +95,6 @@ def load_starting_weights(model, config: Mapping) -> None:
 
 
 def _accepts(fn, name: str) -> bool:
-    import inspect
-
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):

@@ -1,0 +1,253 @@
+"""The run sequence every task shares, written once.
+
+1. flags -> config (schema-checked), process group, logging, seed, ``config.yaml``   (:func:`start_run`)
+2. the data root (a folder, or a generated synthetic world), the task's one-time data preparation on rank 0, the text
+   encoder folder and the tokenizer                                                  (:func:`prepare_inputs`)
+3. the task's data, its model and starting weights; ``--evaluate`` evaluates once, otherwise the engine trains with
+   the evaluation schedule and keeps the history; the best evaluation's rows go to ``results.json`` / ``results.md``
+                                                                                     (:meth:`TaskKind.execute`)
+A task kind (retrieval, understanding, pre-training, the demo) fills in the steps that differ, through the hooks of
+:class:`TaskKind`; a task script says which data, which head and how to score, and calls :func:`run_task`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from dataset.tokenizer import load_tokenizer
+from models.factory import create_model
+from tasks.cli import HANDOFF_ENV, build_config, task_parser
+from tasks.environment import load_starting_weights, prepare_text_encoder, resolve_data_root
+from tasks.registry import TaskInfo, task_info, tasks_of_script
+from utils.config import dump_config
+from utils.dist import DistEnv, barrier, cleanup_distributed, init_distributed, world_info_from_env
+from utils.engine import Trainer, seed_everything
+from utils.errors import USER_ERROR_EXIT_CODE, UserError
+from utils.logging import append_jsonl, setup_logging
+from utils.precision import autocast_context, resolve_precision
+from utils.remote import output_mirror
+from utils.results import write_results
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What every step of the sequence sees."""
+
+    info: TaskInfo
+    config: dict
+    env: DistEnv
+    output_dir: Path
+    args: argparse.Namespace
+    root: Path | None = None
+    tokenizer: Any = None
+    trainer: Trainer | None = None
+
+
+@dataclass
+class Outcome:
+    """What training (or one evaluation) produced: the chosen evaluation, the last one, the whole history."""
+
+    metrics: dict                                    # of the chosen evaluation ({} without evaluation)
+    evaluate_only: bool = False
+    best: dict | None = None                         # {"step", "epoch", "metrics"} of the best evaluation
+    last: dict | None = None                         # the same of the last one
+    history: dict = field(default_factory=dict)      # step -> {"epoch", "metrics"}
+    trainer: Trainer | None = None
+    facts: dict = field(default_factory=dict)        # the training plan's facts (Training.facts)
+
+
+@dataclass
+class Training:
+    """How a task trains: its batches per epoch, its step, and the state its checkpoints carry."""
+
+    steps_per_epoch: int
+    batches: Callable[[int, int], Iterable]          # (epoch, batches to skip) -> the epoch's batches
+    train_step: Callable | None = None               # None: the engine's default (one forward, one backward)
+    extra_state: Callable[[], Mapping] | None = None  # the task's state saved with each checkpoint
+    on_start: Callable[[dict], None] | None = None   # called with the resumed extra state ({} on a fresh start)
+    epochs: int | None = None
+    facts: dict = field(default_factory=dict)        # JSON facts for results.json (batch size, ...)
+
+
+class TaskKind:
+    """A family of tasks; the default :meth:`execute` is the fine-tuning sequence. Subclasses fill in the hooks."""
+
+    title: str                    # the run's description (help text, results title)
+    model_name: str | None        # the create_model name the default execute builds
+
+    def prepare(self, run: Run) -> None:
+        """One-time data preparation on rank 0, before any process reads data (e.g. WIT's image join)."""
+
+    def build_data(self, run: Run) -> Any:
+        """The task's data (whatever its other hooks take)."""
+        raise NotImplementedError
+
+    def evaluator(self, run: Run, data: Any) -> Callable[[nn.Module], Mapping[str, float]] | None:
+        """``evaluate(model) -> metrics`` (eval mode, no grad, autocast are set by the caller); None: no evaluation."""
+        return None
+
+    def selection(self, data: Any) -> str | None:
+        """The metric the best evaluation maximises (``utils.schedule.LAST``: the last evaluation)."""
+        return None
+
+    def training(self, run: Run, data: Any, model: nn.Module) -> Training:
+        raise NotImplementedError
+
+    def results(self, run: Run, data: Any, outcome: Outcome) -> dict:
+        """Write results.json / results.md (rank 0) and return the payload."""
+        raise NotImplementedError
+
+    def execute(self, run: Run) -> dict:
+        """Data, model, starting weights; one evaluation (``--evaluate``) or training; the results (rank 0)."""
+        data = self.build_data(run)
+        model = build_model(self.model_name, run)
+        evaluate = self.evaluator(run, data)
+        if run.config.get("evaluate"):
+            if evaluate is None:
+                raise UserError(f"task {run.info.name} has no evaluation (--evaluate)")
+            metrics = evaluate_once(model, evaluate, run)
+            outcome = Outcome(metrics, evaluate_only=True)
+        else:
+            outcome = train(self, run, data, model, evaluate)
+        payload = self.results(run, data, outcome) if run.env.is_main else {}
+        barrier()
+        return payload
+
+
+def build_model(name: str | None, run: Run) -> nn.Module:
+    """The registered model ``name`` for the run's config, with its starting weights (``--checkpoint``)."""
+    if name is None:
+        raise ValueError(f"task {run.info.name}: its kind names no model")
+    model = create_model(name, run.config, root=run.root)
+    load_starting_weights(model, run.config)
+    return model
+
+
+def evaluate_once(model: nn.Module, evaluate: Callable, run: Run) -> dict:
+    """One evaluation outside the training loop: eval mode, no grad, the run's precision."""
+    model.to(run.env.device).eval()
+    with torch.no_grad(), autocast_context(resolve_precision(run.config, run.env.device), run.env.device):
+        return dict(evaluate(model))
+
+
+def train(kind: TaskKind, run: Run, data: Any, model: nn.Module, evaluate: Callable | None) -> Outcome:
+    """Train with the engine (resuming when asked); the history's best and last evaluations."""
+    plan = kind.training(run, data, model)
+    trainer = Trainer(run.config, run.env, model, output_dir=run.output_dir, steps_per_epoch=plan.steps_per_epoch,
+                      train_batches=plan.batches, evaluate=evaluate, primary_metric=kind.selection(data),
+                      init_params=getattr(model, "init_params", ()), epochs=plan.epochs,
+                      extra_state=plan.extra_state, **({"train_step": plan.train_step} if plan.train_step else {}))
+    run.trainer = trainer
+    if run.config.get("resume"):
+        trainer.resume(run.config["resume"])
+    elif evaluate is not None and run.config.get("eval_before_training"):
+        evaluate_before_training(model, evaluate, run)
+    if plan.on_start is not None:
+        plan.on_start(trainer.resumed_extra)
+    trainer.fit()
+    history = trainer.history
+    best, last = history.best(), history.last()
+    chosen = best or last
+    return Outcome(dict(chosen["metrics"]) if chosen else {}, best=best, last=last,
+                   history={s: dict(r) for s, r in sorted(history.records.items())}, trainer=trainer,
+                   facts=dict(plan.facts))
+
+
+def evaluate_before_training(model: nn.Module, evaluate: Callable, run: Run) -> None:
+    """The reference retrieval scripts' evaluation of the starting weights (logged only, not a selection candidate)."""
+    metrics = evaluate_once(model, evaluate, run)
+    model.train()
+    if run.env.is_main:
+        append_jsonl(run.output_dir / "metrics.jsonl", {"epoch": -1, "step": 0, "before_training": True,
+                                                        **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+def write_task_results(run: Run, rows: Mapping, primary: str, title: str, note: str, extra: Mapping,
+                       iglue: bool = True, row_name: str = "language") -> dict:
+    """results.json / results.md of the run, with the task's name, checkpoint and protocol flags in ``extra``."""
+    config = run.config
+    facts = {"task": run.info.name, "checkpoint": config.get("checkpoint"), "fewshot": config.get("fewshot"),
+             "translate_test": bool(config.get("gmt")), **extra}
+    return write_results(run.output_dir, rows, primary=primary, title=title, note=note, extra=facts, iglue=iglue,
+                         row_name=row_name)
+
+
+def start_run(script: str, argv: Iterable[str] | None, description: str) -> Run:
+    """Parse the flags, resolve the config, start the process group, seed, set up logging, save config.yaml."""
+    served = tasks_of_script(script)
+    args = task_parser(served[0], [t.name for t in served], description).parse_args(
+        None if argv is None else list(argv))
+    info = task_info(args.task)
+    _, _, world_size = world_info_from_env()
+    config = build_config(info, args, world_size)
+    # run.py --dist cpu sets CCLM_DEVICE so that a GPU machine still runs the CPU job it was asked for.
+    env = init_distributed(os.environ.get("CCLM_DEVICE") or config.get("device") or "auto",
+                           timeout_minutes=int(config.get("run", {}).get("dist_timeout_minutes", 30)))
+    output_dir = Path(config["output_dir"])
+    if env.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(output_dir, env.rank)
+    seed_everything(int(config["seed"]) + env.rank)
+    if env.is_main:
+        dump_config(config, output_dir / "config.yaml")
+    output_mirror(config.get("output_hdfs"), output_dir)  # --output_hdfs: checked now, synced by engine and results
+    logger.info("task %s: rank %d/%d on %s, output %s", info.name, env.rank, env.world_size, env.device, output_dir)
+    return Run(info, config, env, output_dir, args)
+
+
+def prepare_inputs(kind: TaskKind, run: Run) -> None:
+    """The data root, the kind's one-time preparation (rank 0; the others wait), the text encoder and tokenizer."""
+    run.root = resolve_data_root(run.config)
+    if run.env.is_main:
+        kind.prepare(run)
+    barrier()
+    run.config["text_encoder"] = prepare_text_encoder(run.config, run.root)
+    run.tokenizer = load_tokenizer(run.config["text_encoder"])
+
+
+def run_task(kind: TaskKind, script: str, argv: Iterable[str] | None = None) -> dict:
+    """The whole run of a task script; returns the results.json payload on rank 0 ({} on the other ranks)."""
+    run = start_run(script, argv, kind.title)
+    # Collates tokenise in loader workers forked after the main process has tokenised (e.g. xGQA's answer list).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        prepare_inputs(kind, run)
+        return kind.execute(run)
+    finally:
+        cleanup_distributed()
+
+
+def request_followup(run: Run, task: str, argv: list[str]) -> None:
+    """Ask ``run.py`` to launch ``task`` with ``argv`` once this run has ended well (rank 0); without run.py the log
+    says which command to run next."""
+    if not run.env.is_main:
+        return
+    target = os.environ.get(HANDOFF_ENV)
+    if target:
+        Path(target).write_text(json.dumps({"task": task, "argv": argv}) + "\n", encoding="utf-8")
+        logger.info("next: run.py launches task %s", task)
+    else:
+        logger.info("next: python3 run.py --task %s %s", task, " ".join(argv))
+
+
+def run_script(main: Callable[[list], object]) -> None:
+    """A task script's entry point: ``main(sys.argv[1:])``, then exit 0. A user error (a bad config, flag,
+    annotation or data record, a missing file) ends the process with one logged line naming it and exit code 2,
+    instead of a traceback that torchrun would bury under its own."""
+    try:
+        main(sys.argv[1:])
+    except (UserError, FileNotFoundError) as e:
+        logger.error("%s: %s", type(e).__name__, e)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    sys.exit(0)
