@@ -2,7 +2,7 @@
 """CCLM pre-training (``pretrain_cclm_3m``: image-text + parallel text; ``pretrain_cclm_4m``: + regions).
 
 Data: ``train_file`` (image-caption shards), ``train_file_text`` (translation pairs), 4M also ``train_file_regions``
-(boxes with region captions); formats in docs/data-formats.md#pre-training.
+(boxes with region captions); formats in docs/data-formats.md#pre-training-records.
 Every iteration does one optimiser update on a parallel-text batch, then one on an image batch or (4M) a region batch,
 chosen with probability ``region_prob`` (0.5), and the learning-rate schedule advances once, as in the original.
 Unlike the original, the image batch is only read when an image step is chosen (the original read it and threw it
