@@ -17,7 +17,7 @@ import torch
 from dataset.prepare import main as prepare
 from utils.checkpoint import LATEST, load_training_state
 from utils.remote import MARKER_SUFFIX, url_filesystem
-from utils.task import resolve_data_root
+from tasks.environment import resolve_data_root
 
 from tests.processes import kill_process_tree
 
