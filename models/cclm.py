@@ -19,13 +19,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import LoadReport, load_reference_checkpoint, load_state_dict_reporting, reference_to_ours
 from models.heads import (build_bbox_head, build_itm_head, build_projection, build_temperature, clamp_temperature_,
                           predict_box, project_and_normalize)
 from models.losses import (ITC_GATHER_MODES, HardNegatives, bbox_losses, check_hard_negatives, contrastive_loss,
                            matching_loss, mlm_loss, sample_hard_negatives)
 from models.text_encoder import build_text_encoder
 from models.vision import build_vision_encoder, load_vision_config
+from models.weights.files import load_reference_checkpoint
+from models.weights.loading import LoadReport, load_state_dict_reporting
+from models.weights.pretrain import reference_to_ours
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from models.cclm import CCLMBase
 from models.factory import register_model
-from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
 from models.heads import build_mlp
+from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 
 class CCLMClassification(CCLMBase):

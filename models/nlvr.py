@@ -4,7 +4,7 @@ NLVR domain pre-training (which of the two images, if any, a caption describes).
 The text encoder has the text-only layers of the base model followed by twice its fusion layers (6 + 2 x 6 = 18 at
 full size). Fusion layers come in pairs: the first of a pair cross-attends to the left image, the second to the right
 image, and the two share the cross-attention key and value projections (their query, output, self-attention and FFN
-are separate). A pre-trained fusion layer initialises both members of its pair (see finetune_checkpoint).
+are separate). A pre-trained fusion layer initialises both members of its pair (see models.weights.finetune).
 
 Domain pre-training (spec-finetune 6.6) arranges image-caption batches into two-image examples: each caption is
 shown with its own image and a hard-negative one (label 0: its image on the left, 1: on the right) or with two
@@ -22,9 +22,9 @@ from torch import nn
 from models.cclm import CCLMBase
 from models.factory import register_model
 from models.fast_ops import host_checkable
-from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
 from models.heads import build_mlp, build_projection
 from models.losses import similarity_logits
+from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 # Domain pre-training: probability that a caption is shown with its own image (labels 0/1) rather than with two
 # negatives (label 2).

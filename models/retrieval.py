@@ -14,9 +14,9 @@ import torch
 
 from models.cclm import CCLMBase
 from models.factory import register_model
-from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
 from models.heads import build_itm_head
 from models.losses import HardNegatives
+from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 
 class CCLMRetrieval(CCLMBase):

@@ -38,6 +38,8 @@ from transformers.models.bert.modeling_bert import BertEmbeddings, BertOnlyMLMHe
 from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaCrossAttention, XLMRobertaLayer
 
 from models.fast_ops import FastDropout, fast_dropout, host_checkable, softmax_last_dim
+from models.weights.loading import load_state_dict_reporting
+from models.weights.xlmr import read_hf_state_dict, xlmr_to_text_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -107,19 +109,6 @@ def extended_cross_attention_mask(mask: torch.Tensor | None, dtype: torch.dtype)
     if mask is None:
         return None
     return (1.0 - mask[:, None, None, :].to(dtype)) * CROSS_ATTENTION_MASK_VALUE
-
-
-def layer_selection(num_source_layers: int, num_target_layers: int) -> dict[int, int]:
-    """Map source layer index -> target index as the reference does: all layers if equal, else the odd ones.
-
-    With twice as many source layers (XLM-R-large's 24 for 12), layers 1, 3, ..., 2N-1 become 0..N-1.
-    """
-    if num_source_layers == num_target_layers:
-        return {i: i for i in range(num_target_layers)}
-    if num_source_layers == 2 * num_target_layers:
-        return {2 * i + 1: i for i in range(num_target_layers)}
-    raise ValueError(f"cannot select {num_target_layers} text layers from a checkpoint with {num_source_layers}: "
-                     "the reference supports only an equal count or exactly half (odd layers)")
 
 
 class _LayerStack(nn.Module):
@@ -494,35 +483,6 @@ def load_text_config(text_encoder: str | Path, num_hidden_layers: int | None = N
     return config
 
 
-def read_hf_state_dict(text_encoder: str | Path) -> dict[str, torch.Tensor]:
-    """Read the weights of a Hugging Face checkpoint (safetensors or pytorch_model.bin, sharded or not)."""
-    from transformers.utils import cached_file
-
-    def find(name):
-        return cached_file(str(text_encoder), name, _raise_exceptions_for_missing_entries=False)
-
-    for weights_name, index_name in (("model.safetensors", "model.safetensors.index.json"),
-                                     ("pytorch_model.bin", "pytorch_model.bin.index.json")):
-        single = find(weights_name)
-        if single is not None:
-            return _read_weights_file(Path(single))
-        index = find(index_name)
-        if index is not None:
-            shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(_read_weights_file(Path(find(shard))))
-            return state
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or sharded index) in {text_encoder}")
-
-
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def build_text_encoder(text_encoder: str | Path, num_hidden_layers: int = 12, fusion_layer: int | None = None,
                        encoder_width: int | None = None, load_params: bool = True, with_mlm_head: bool = True,
                        attn_implementation: str = "sdpa", bare: bool = False
@@ -537,8 +497,6 @@ def build_text_encoder(text_encoder: str | Path, num_hidden_layers: int = 12, fu
         model, new_params = build_text_encoder(text_encoder, num_hidden_layers, fusion_layer, encoder_width,
                                                load_params, False, attn_implementation)
         return model.bert, [name[len("bert."):] for name in new_params]
-    from models.checkpoint import load_state_dict_reporting, xlmr_to_text_encoder
-
     config = load_text_config(text_encoder, num_hidden_layers)
     model = TextEncoder(config, fusion_layer, encoder_width, with_mlm_head, attn_implementation)
     if not load_params:

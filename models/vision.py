@@ -1,41 +1,27 @@
-"""Swin-B vision encoder on timm's SwinTransformer, with the reference's output format and checkpoint layouts.
+"""Swin-B vision encoder on timm's SwinTransformer, with the reference's output format.
 
 Output: the final LayerNorm-ed patch tokens with their mean prepended as a "CLS" token (B x (1+L) x width).
 Region mode (4M box objective): the first token becomes the mask-weighted mean of the patches.
 
-Two state-dict layouts exist:
-- reference / official Microsoft Swin: PatchMerging at the END of stage i (`layers.i.downsample`), buffers
-  `relative_position_index` / `attn_mask` saved, a classifier `head.*` in the ImageNet files;
-- ours (timm 1.x): PatchMerging at the START of stage i+1 (`layers.{i+1}.downsample`), buffers not saved, no head.
-Block, patch-embedding and final-norm names are identical in both.
+Its checkpoint key layouts, bias-table interpolation and weight loading are in ``models.weights.swin``.
 """
 import json
-import logging
-import math
-import re
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy.interpolate import RectBivariateSpline
 from timm.models.swin_transformer import SwinTransformer, WindowAttention
 
 from models.fast_ops import host_checkable, softmax_last_dim
-
-logger = logging.getLogger(__name__)
+from models.weights.swin import load_official_swin
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "vision"
 REQUIRED_KEYS = ("image_res", "window_size", "embed_dim", "depths", "num_heads", "vision_width")
 OPTIONAL_KEYS = ("ckpt",)
 # The reference treats Swin as a ViT with patch size 32: 4-pixel patches, then three 2x merges.
 PATCH_SIZE = 4
-
-_BUFFER_NAMES = ("relative_position_index", "attn_mask")
-_DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
-_TABLE_SUFFIX = "attn.relative_position_bias_table"
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -260,162 +246,3 @@ def build_vision_encoder(config: dict, load_params: bool, drop_path_rate: float 
     if not path:
         raise ValueError("load_params=True but the vision config has no 'ckpt' and no ckpt_path was given")
     return encoder, load_official_swin(encoder, path)
-
-
-# --------------------------------------------------------------------------------------------- bias tables
-
-def interpolate_relative_position_bias_table(table: torch.Tensor, dst_rows: int) -> torch.Tensor:
-    """Resize a ((2s-1)^2, heads) relative-position bias table to dst_rows rows as the reference does (BEiT)."""
-    if table.dim() != 2:
-        raise ValueError(f"relative_position_bias_table must be 2-D (rows, heads), got {tuple(table.shape)}")
-    src_size = _square_side(table.shape[0], "source table rows")
-    dst_size = _square_side(dst_rows, "dst_rows")
-    if src_size == dst_size:
-        return table
-    if table.is_meta:
-        return table.new_empty(dst_rows, table.shape[1])
-    src_axis = _geometric_source_axis(src_size, dst_size)
-    half = dst_size // 2
-    dst_axis = np.arange(-half, half + 1, dtype=np.float64)
-    values = table.detach().to("cpu", torch.float64).numpy()
-    heads = []
-    for head in range(values.shape[1]):
-        grid = values[:, head].reshape(src_size, src_size)  # axis 0: row offset dy, axis 1: column offset dx
-        spline = RectBivariateSpline(src_axis, src_axis, grid, kx=3, ky=3, s=0)
-        heads.append(spline(dst_axis, dst_axis).reshape(-1))
-    resized = torch.from_numpy(np.stack(heads, axis=1))
-    return resized.to(device=table.device, dtype=table.dtype)
-
-
-def _square_side(rows: int, what: str) -> int:
-    side = math.isqrt(int(rows))
-    if side * side != rows or side % 2 == 0:
-        raise ValueError(f"{what} = {rows} is not (2w-1)^2 for an integer window w")
-    return side
-
-
-def _geometric_source_axis(src_size: int, dst_size: int) -> np.ndarray:
-    """Source offsets spread geometrically so the outermost one lands near dst_size // 2."""
-    steps, target = src_size // 2, dst_size // 2
-    low, high = 1.01, 1.5
-    while high - low > 1e-6:
-        ratio = (low + high) / 2.0
-        if _geometric_sum(ratio, steps) > target:
-            high = ratio
-        else:
-            low = ratio
-    # The reference uses the last midpoint tried, not either bound.
-    offsets, position = [], 1.0
-    for i in range(steps):
-        offsets.append(position)
-        position += ratio ** (i + 1)
-    return np.array([-d for d in reversed(offsets)] + [0.0] + offsets, dtype=np.float64)
-
-
-def _geometric_sum(ratio: float, terms: int) -> float:
-    return (1.0 - ratio ** terms) / (1.0 - ratio)
-
-
-# --------------------------------------------------------------------------------------------- key layouts
-
-def swin_reference_to_ours(state_dict: Dict[str, torch.Tensor],
-                           window_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """Reference/official Swin keys (no `vision_encoder.` prefix) -> timm keys; drops buffers and head.*."""
-    converted = {}
-    for key, value in state_dict.items():
-        if key.startswith("vision_encoder."):
-            raise ValueError(f"key {key!r}: strip the 'vision_encoder.' prefix before converting")
-        if key.startswith("head.") or key.split(".")[-1] in _BUFFER_NAMES:
-            continue
-        if key.endswith(_TABLE_SUFFIX) and window_size is not None:
-            value = interpolate_relative_position_bias_table(value, (2 * window_size - 1) ** 2)
-        converted[_shift_downsample(key, +1)] = value
-    return converted
-
-
-def swin_ours_to_reference(state_dict: Dict[str, torch.Tensor],
-                           encoder: Optional[SwinVisionEncoder] = None) -> Dict[str, torch.Tensor]:
-    """timm keys -> reference keys; with `encoder`, adds its relative_position_index / attn_mask buffers too."""
-    converted = {}
-    for key, value in state_dict.items():
-        if key.startswith("layers.0.downsample."):
-            raise ValueError(f"key {key!r}: stage 0 has no downsample in our layout; is this already the reference's?")
-        converted[_shift_downsample(key, -1)] = value
-    if encoder is not None:
-        for key, buffer in encoder.named_buffers():
-            if key.split(".")[-1] in _BUFFER_NAMES:
-                converted[key] = buffer  # block buffers keep their names in both layouts
-    return converted
-
-
-def _shift_downsample(key: str, offset: int) -> str:
-    match = _DOWNSAMPLE.match(key)
-    if not match:
-        return key
-    return f"layers.{int(match.group(1)) + offset}.downsample." + key[match.end():]
-
-
-def is_reference_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
-    """True for the official/reference layout: only it has a PatchMerging in stage 0."""
-    return any(key.startswith("layers.0.downsample.") for key in state_dict)
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-def load_official_swin(encoder: SwinVisionEncoder, path: Union[str, Path]) -> dict:
-    """Load an official Swin `.pth` ({'model': sd}) or our own .pth/.safetensors; report missing/unexpected keys."""
-    path = Path(path)
-    state_dict = _read_state_dict(path)
-    ignored_head = sorted(k for k in state_dict if k.startswith("head."))
-    if is_reference_layout(state_dict):
-        state_dict = swin_reference_to_ours(state_dict)
-    else:
-        state_dict = {k: v for k, v in state_dict.items()
-                      if not k.startswith("head.") and k.split(".")[-1] not in _BUFFER_NAMES}
-    own = encoder.state_dict()
-    if not set(state_dict) & set(own):
-        raise ValueError(f"{path}: none of its {len(state_dict)} keys is a Swin encoder key "
-                         f"(first: {sorted(state_dict)[:3]}); a full CCLM checkpoint needs its prefix removed")
-    state_dict = _fit_bias_tables(state_dict, own, path)
-    _check_shapes(state_dict, own, path)
-    result = encoder.load_state_dict(state_dict, strict=False)
-    report = {"path": str(path), "missing": sorted(result.missing_keys),
-              "unexpected": sorted(result.unexpected_keys) + ignored_head}
-    if report["missing"] or report["unexpected"]:
-        logger.warning("%s: missing keys %s; unexpected keys (ignored) %s", path, report["missing"],
-                       report["unexpected"])
-    return report
-
-
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"Swin checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
-        loaded = loaded["model"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path}: expected a state dict or {{'model': state dict}} of tensors")
-    return loaded
-
-
-def _fit_bias_tables(state_dict: dict, own: dict, path: Path) -> dict:
-    """Resize every bias table to its block's size (each block's window is clamped to its stage size)."""
-    fitted = dict(state_dict)
-    for key, value in state_dict.items():
-        if key.endswith(_TABLE_SUFFIX) and key in own and value.shape != own[key].shape:
-            if value.shape[1] != own[key].shape[1]:
-                raise ValueError(f"{path}: {key} has {value.shape[1]} heads, the encoder {own[key].shape[1]}")
-            fitted[key] = interpolate_relative_position_bias_table(value, own[key].shape[0])
-    return fitted
-
-
-def _check_shapes(state_dict: dict, own: dict, path: Path) -> None:
-    wrong = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
-             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        more = f"\n  ... and {len(wrong) - 10} more" if len(wrong) > 10 else ""
-        raise ValueError(f"{path}: shape mismatch in {len(wrong)} key(s) (is the vision config right?):\n  "
-                         + "\n  ".join(wrong[:10]) + more)

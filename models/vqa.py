@@ -2,7 +2,7 @@
 
 The question runs through all encoder layers, its fusion layers attending to the image. The decoder (``text_decoder``:
 embeddings, ``num_dec_layers`` layers that all have causal self-attention + cross-attention to the question states,
-and the MLM head as LM head) is initialised from the pre-trained fusion layers (see finetune_checkpoint).
+and the MLM head as LM head) is initialised from the pre-trained fusion layers (see models.weights.finetune).
 
 Training: teacher-forced answers ``<s> answer </s>``; each answer's loss is the SUM of its token NLLs (``</s>``
 included), weighted, summed and divided by the number of questions.
@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from models.cclm import CCLMBase, resolve_path
 from models.factory import register_model
 from models.fast_ops import host_checkable
-from models.finetune_checkpoint import TaskLoadReport, load_task_checkpoint
 from models.text_encoder import SELF_ATTENTION_MASK_VALUE, build_text_encoder, extended_cross_attention_mask
+from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 IGNORE_INDEX = -100
 

@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import reference_to_ours  # noqa: E402
 from models.factory import create_model  # noqa: E402
 from models.losses import HardNegatives  # noqa: E402
+from models.weights.pretrain import reference_to_ours  # noqa: E402
 
 # The tolerances allow float32 rounding on another CPU, not a different computation. The golden values were made on
 # one CPU; fp32 kernels of other CPUs (AVX2, AVX-512, AMX) block their sums differently. The most sensitive value is

@@ -4,10 +4,11 @@ import torch
 from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM
 
 from models.cclm import CCLMPretrain
-from models.checkpoint import ours_to_reference
 from models.factory import create_model
 from models.losses import HardNegatives
-from models.vision import SwinVisionEncoder, swin_ours_to_reference
+from models.vision import SwinVisionEncoder
+from models.weights.pretrain import ours_to_reference
+from models.weights.swin import swin_ours_to_reference
 
 WIDTH, VOCAB, B, L = 64, 40, 4, 9
 TINY_VISION = {"image_res": 64, "window_size": 2, "embed_dim": 8, "depths": [1, 1, 2, 1], "num_heads": [1, 1, 2, 2],

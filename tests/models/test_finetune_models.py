@@ -7,15 +7,15 @@ from transformers import XLMRobertaConfig
 
 import models.cclm as cclm_module
 from models.cclm import CCLMPretrain
-from models.checkpoint import ours_to_reference
 from models.classification import CCLMClassification
 from models.factory import create_model
-from models.finetune_checkpoint import ours_to_task_reference
 from models.losses import HardNegatives
 from models.nlvr import CCLMNLVR
 from models.retrieval import CCLMRetrieval
 from models.vqa import CCLMVQA, causal_self_attention_mask
-from models.vision import interpolate_relative_position_bias_table
+from models.weights.finetune import ours_to_task_reference
+from models.weights.pretrain import ours_to_reference
+from models.weights.swin import interpolate_relative_position_bias_table
 
 WIDTH, VOCAB, B, L = 64, 40, 4, 8
 PAD = 1

@@ -6,7 +6,7 @@ import torch
 from transformers import XLMRobertaConfig
 
 from models.classification import CCLMClassification
-from models.finetune_checkpoint import convert_for_task, ours_to_task_reference, pretrain_to_task_reference
+from models.weights.finetune import convert_for_task, ours_to_task_reference, pretrain_to_task_reference
 from models.nlvr import CCLMNLVR
 from models.retrieval import CCLMRetrieval
 from models.vqa import CCLMVQA

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import ours_to_reference
 from models.factory import create_model
-from models.finetune_checkpoint import convert_for_task, ours_to_task_reference
 from models.nlvr import (CCLMNLVR, CCLMNLVRDomain, DomainArrangement, domain_negative_weights,
                          draw_domain_arrangement)
+from models.weights.finetune import convert_for_task, ours_to_task_reference
+from models.weights.pretrain import ours_to_reference
 # helpers and fixtures (root, xlmr_large_dir) of the other model tests
 from tests.models.test_finetune_models import (CLS_HEAD, build, has_grad, images, root, text,  # noqa: F401
                                                tiny_config, tiny_pretrained_model)

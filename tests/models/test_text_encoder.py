@@ -1,11 +1,12 @@
-"""Text/fusion encoder: embeddings, masks, bidirectional fusion layers, modes, memory lists, MLM head."""
+"""Text/fusion encoder: embeddings, masks, bidirectional fusion layers, modes, memory lists, MLM head, and building it
+from a Hugging Face XLM-R folder."""
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import XLMRobertaConfig, XLMRobertaModel
+from transformers import XLMRobertaConfig, XLMRobertaForMaskedLM, XLMRobertaModel
 
-from models.text_encoder import (TextEncoder, extended_cross_attention_mask, extended_self_attention_mask,
-                                 layer_selection, load_text_config)
+from models.text_encoder import (TextBackbone, TextEncoder, build_text_encoder, extended_cross_attention_mask,
+                                 extended_self_attention_mask, load_text_config)
 
 HIDDEN, LAYERS, FUSION, VOCAB = 32, 4, 2, 40
 
@@ -208,13 +209,6 @@ def test_bad_arguments_raise_clear_errors():
         TextEncoder(tiny_config(), attn_implementation="flash")
 
 
-def test_layer_selection_follows_the_reference():
-    assert layer_selection(24, 12) == {1: 0, 3: 1, 5: 2, 7: 3, 9: 4, 11: 5, 13: 6, 15: 7, 17: 8, 19: 9, 21: 10, 23: 11}
-    assert layer_selection(12, 12) == {i: i for i in range(12)}
-    with pytest.raises(ValueError, match="cannot select"):
-        layer_selection(24, 6)
-
-
 def test_load_text_config_reports_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_text_config(tmp_path)
@@ -331,3 +325,65 @@ def test_text_layers_use_fast_dropout():
     encoder = make_encoder()
     assert all(type(m) is not torch.nn.Dropout for m in encoder.modules())
     assert sum(isinstance(m, FastDropout) for m in encoder.modules()) > 0
+
+
+# --------------------------------------------------------------------------------------------- built from XLM-R
+
+XLMR_HIDDEN, XLMR_VOCAB = 16, 30
+
+
+@pytest.fixture(scope="module")
+def tiny_xlmr_dir(tmp_path_factory):
+    """A random 24-layer XLM-R masked LM saved in Hugging Face layout."""
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(vocab_size=XLMR_VOCAB, hidden_size=XLMR_HIDDEN, num_hidden_layers=24,
+                              num_attention_heads=2, intermediate_size=32, max_position_embeddings=20,
+                              type_vocab_size=1, pad_token_id=1)
+    model = XLMRobertaForMaskedLM(config).eval()
+    path = tmp_path_factory.mktemp("xlmr24")
+    model.save_pretrained(path)
+    return path, model
+
+
+
+def test_build_text_encoder_from_a_24_layer_hf_directory(tiny_xlmr_dir):
+    path, hf = tiny_xlmr_dir
+    enc, new_params = build_text_encoder(path, num_hidden_layers=12)
+    ours = enc.state_dict()
+    theirs = hf.state_dict()
+    for target, source in ((0, 1), (6, 13), (11, 23)):
+        for suffix in ("attention.self.key.weight", "intermediate.dense.bias", "output.LayerNorm.weight"):
+            torch.testing.assert_close(ours[f"bert.encoder.layer.{target}.{suffix}"],
+                                       theirs[f"roberta.encoder.layer.{source}.{suffix}"])
+    torch.testing.assert_close(ours["bert.embeddings.position_embeddings.weight"],
+                               theirs["roberta.embeddings.position_embeddings.weight"])
+    expected_new = {n for n, _ in enc.named_parameters() if ".crossattention." in n}
+    assert set(new_params) == expected_new
+    assert {int(n.split(".")[3]) for n in new_params} == set(range(6, 12))
+    # The MLM head computes what XLM-R's LM head computes, with tied decoder weight and bias.
+    hidden = torch.randn(2, 3, XLMR_HIDDEN)
+    torch.testing.assert_close(enc.cls(hidden), hf.lm_head(hidden), atol=1e-5, rtol=1e-5)
+    assert enc.cls.predictions.decoder.weight is enc.bert.embeddings.word_embeddings.weight
+
+
+def test_bare_text_encoder_has_the_fine_tuning_layout(tiny_xlmr_dir):
+    path, hf = tiny_xlmr_dir
+    enc, new_params = build_text_encoder(path, num_hidden_layers=12, bare=True)
+    assert isinstance(enc, TextBackbone)
+    keys = set(enc.state_dict())
+    assert {"embeddings.word_embeddings.weight", "encoder.layer.11.output.LayerNorm.bias"} <= keys
+    assert not any(k.startswith(("bert.", "cls.")) for k in keys)
+    assert set(new_params) == {n for n, _ in enc.named_parameters() if ".crossattention." in n}
+    torch.testing.assert_close(enc.encoder.layer[11].output.dense.weight,
+                               hf.roberta.encoder.layer[23].output.dense.weight)
+
+
+def test_build_text_encoder_from_pytorch_model_bin(tiny_xlmr_dir, tmp_path):
+    path, hf = tiny_xlmr_dir
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    enc, new_params = build_text_encoder(tmp_path, num_hidden_layers=12)
+    torch.testing.assert_close(enc.state_dict()["bert.encoder.layer.3.attention.output.dense.weight"],
+                               hf.state_dict()["roberta.encoder.layer.7.attention.output.dense.weight"])
+    assert len(new_params) == 6 * 10
+

@@ -1,4 +1,4 @@
-"""Checkpoint conversion for the fine-tuning models: pure state-dict filters plus one loader that uses them.
+"""The fine-tuning models' checkpoint layouts: pure state-dict filters between them.
 
 Three layouts meet here (every key below is relative to the full model):
 - the reference PRE-TRAINING layout (``CrossViewLM``): official Swin keys with their buffers, ``text_encoder.bert.*``,
@@ -21,15 +21,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from models.checkpoint import (LoadReport, load_reference_checkpoint, load_state_dict_reporting, ours_to_reference,
-                               strip_prefixes)
-from models.vision import (interpolate_relative_position_bias_table, is_reference_layout, swin_ours_to_reference,
-                           swin_reference_to_ours)
+from models.weights.files import strip_prefixes
+from models.weights.pretrain import ours_to_reference
+from models.weights.swin import (interpolate_relative_position_bias_table, is_reference_layout,
+                                 swin_ours_to_reference, swin_reference_to_ours)
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +85,6 @@ class ConversionReport:
     def merge(self, other: "ConversionReport") -> "ConversionReport":
         self.dropped.update(other.dropped)
         return self
-
-
-@dataclass
-class TaskLoadReport(LoadReport):
-    """A load report that also names the keys dropped on purpose and the heads left at random init."""
-
-    dropped: dict[str, str] = field(default_factory=dict)
-    initialised: list[str] = field(default_factory=list)
 
 
 def _check_task(task: str) -> None:
@@ -391,36 +382,3 @@ def convert_for_task(state_dict: dict, task: str, window_size: int | None = None
     return drop_foreign_modules(converted, task, report), report
 
 
-def load_task_checkpoint(model: nn.Module, checkpoint: str | Path | dict, task: str, is_eval: bool = False,
-                         strict: bool = False, num_fusion_pairs: int | None = None,
-                         num_dec_layers: int | None = None) -> TaskLoadReport:
-    """Load a checkpoint file or state dict into a task model; log and return every missing, unexpected,
-    dropped and newly initialised key by name (``strict`` raises on missing or unexpected ones)."""
-    what = "state dict" if isinstance(checkpoint, dict) else str(checkpoint)
-    state = checkpoint if isinstance(checkpoint, dict) else load_reference_checkpoint(checkpoint)
-    converted, conversion = convert_for_task(state, task, window_size=model.vision_encoder.window_size,
-                                             is_eval=is_eval, num_fusion_pairs=num_fusion_pairs,
-                                             num_dec_layers=num_dec_layers)
-    if not is_eval:
-        _fit_tables_to_model(converted, model)
-    new_heads = NEW_HEADS[task]
-    result = load_state_dict_reporting(model, converted, what=what, ignore_missing=new_heads or ())
-    initialised = sorted(k for k in model.state_dict() if new_heads and k.startswith(new_heads) and k not in converted)
-    for key, reason in conversion.dropped.items():
-        logger.info("loading %s: dropped %s (%s)", what, key, reason)
-    if initialised:
-        logger.info("loading %s: new task head, randomly initialised: %s", what, ", ".join(initialised))
-    if strict and (result.missing or result.unexpected):
-        raise KeyError(f"loading {what} into the {task} model: missing {result.missing}, "
-                       f"unexpected {result.unexpected}")
-    return TaskLoadReport(missing=result.missing, unexpected=result.unexpected, dropped=conversion.dropped,
-                          initialised=initialised)
-
-
-def _fit_tables_to_model(state_dict: dict, model: nn.Module) -> None:
-    """Swin stages smaller than the window use a smaller table: resize to the model's own shape where it differs."""
-    own = model.state_dict()
-    for key, value in list(state_dict.items()):
-        if key.endswith(TABLE_SUFFIX) and key in own and value.shape[0] != own[key].shape[0] \
-                and value.shape[1] == own[key].shape[1]:
-            state_dict[key] = interpolate_relative_position_bias_table(value, own[key].shape[0])

@@ -1,8 +1,8 @@
-"""Pure state-dict filters of models/finetune_checkpoint.py on small hand-made state dicts (values mark the source)."""
+"""Pure state-dict filters of models/weights/finetune.py on small hand-made state dicts (values mark the source)."""
 import pytest
 import torch
 
-from models.finetune_checkpoint import (ConversionReport, convert_for_task, detect_layout, duplicate_fusion_layers,
+from models.weights.finetune import (ConversionReport, convert_for_task, detect_layout, duplicate_fusion_layers,
                                         ours_to_task_reference, pretrain_to_task_reference, task_reference_to_ours)
 
 LAYERS, FUSION = 4, 2
@@ -292,7 +292,7 @@ def test_conversion_report_merge():
 
 @pytest.mark.parametrize("fusion", [2, 3])
 def test_shared_kv_warning_checks_the_pairs_from_the_first_fusion_layer(fusion, caplog):
-    from models.finetune_checkpoint import _warn_if_shared_kv_differ
+    from models.weights.finetune import _warn_if_shared_kv_differ
 
     def kv(layer, value):
         prefix = f"text_encoder.bert.encoder.layer.{layer}.crossattention.self."

@@ -1,0 +1,108 @@
+"""Hugging Face XLM-R weights -> the CCLM text encoder: reading a model folder, the reference's layer selection and
+the renames (``roberta.`` -> ``bert.``, ``lm_head.`` -> ``cls.predictions.``)."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from models.weights.files import strip_prefixes
+
+logger = logging.getLogger(__name__)
+
+# Hugging Face XLM-R buffers and the pooler have no counterpart in the CCLM text encoder.
+XLMR_DROPPED = re.compile(r"^(roberta\.)?(embeddings\.(position_ids|token_type_ids)|pooler\.)")
+XLMR_LM_HEAD_RENAMES = {
+    "lm_head.bias": "cls.predictions.bias",
+    "lm_head.dense.weight": "cls.predictions.transform.dense.weight",
+    "lm_head.dense.bias": "cls.predictions.transform.dense.bias",
+    "lm_head.layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
+    "lm_head.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
+    "lm_head.decoder.weight": "cls.predictions.decoder.weight",
+    "lm_head.decoder.bias": "cls.predictions.decoder.bias",
+}
+_LAYER_KEY = re.compile(r"^bert\.encoder\.layer\.(\d+)\.(.*)$")
+
+
+def layer_selection(num_source_layers: int, num_target_layers: int) -> dict[int, int]:
+    """Map source layer index -> target index as the reference does: all layers if equal, else the odd ones.
+
+    With twice as many source layers (XLM-R-large's 24 for 12), layers 1, 3, ..., 2N-1 become 0..N-1.
+    """
+    if num_source_layers == num_target_layers:
+        return {i: i for i in range(num_target_layers)}
+    if num_source_layers == 2 * num_target_layers:
+        return {2 * i + 1: i for i in range(num_target_layers)}
+    raise ValueError(f"cannot select {num_target_layers} text layers from a checkpoint with {num_source_layers}: "
+                     "the reference supports only an equal count or exactly half (odd layers)")
+
+
+def xlmr_to_text_encoder(state_dict: dict, num_target_layers: int) -> dict[str, torch.Tensor]:
+    """Hugging Face XLM-R (``XLMRobertaForMaskedLM`` or bare model) keys -> ``TextEncoder`` keys.
+
+    ``roberta.`` becomes ``bert.``, the layers are selected as the reference selects them (odd layers when the
+    source has twice as many), ``lm_head.*`` becomes ``cls.predictions.*``; the pooler and the position/token-type
+    id buffers are dropped.
+    """
+    state_dict = strip_prefixes(state_dict)
+    has_prefix = any(k.startswith("roberta.") for k in state_dict)
+    renamed = {}
+    for key, value in state_dict.items():
+        if XLMR_DROPPED.match(key):
+            logger.info("XLM-R conversion: dropping %s (no counterpart in the CCLM text encoder)", key)
+            continue
+        if key in XLMR_LM_HEAD_RENAMES:
+            renamed[XLMR_LM_HEAD_RENAMES[key]] = value
+        elif has_prefix and key.startswith("roberta."):
+            renamed["bert." + key[len("roberta."):]] = value
+        elif not has_prefix and key.split(".", 1)[0] in ("embeddings", "encoder"):
+            renamed["bert." + key] = value
+        else:
+            renamed[key] = value  # left for the loader to report as unexpected
+    source_layers = {int(m.group(1)) for k in renamed if (m := _LAYER_KEY.match(k))}
+    if not source_layers:
+        raise ValueError("XLM-R conversion: no 'roberta.encoder.layer.N.' keys found; is this an XLM-R checkpoint?")
+    num_source = max(source_layers) + 1
+    mapping = layer_selection(num_source, num_target_layers)
+    out = {}
+    for key, value in renamed.items():
+        m = _LAYER_KEY.match(key)
+        if m is None:
+            out[key] = value
+        elif int(m.group(1)) in mapping:
+            out[f"bert.encoder.layer.{mapping[int(m.group(1))]}.{m.group(2)}"] = value
+    return out
+
+
+
+def read_hf_state_dict(text_encoder: str | Path) -> dict[str, torch.Tensor]:
+    """Read the weights of a Hugging Face checkpoint (safetensors or pytorch_model.bin, sharded or not)."""
+    from transformers.utils import cached_file
+
+    def find(name):
+        return cached_file(str(text_encoder), name, _raise_exceptions_for_missing_entries=False)
+
+    for weights_name, index_name in (("model.safetensors", "model.safetensors.index.json"),
+                                     ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        single = find(weights_name)
+        if single is not None:
+            return _read_weights_file(Path(single))
+        index = find(index_name)
+        if index is not None:
+            shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+            state = {}
+            for shard in shards:
+                state.update(_read_weights_file(Path(find(shard))))
+            return state
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or sharded index) in {text_encoder}")
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
