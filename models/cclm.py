@@ -25,9 +25,7 @@ from models.losses import (ITC_GATHER_MODES, HardNegatives, bbox_losses, check_h
                            matching_loss, mlm_loss, sample_hard_negatives)
 from models.text_encoder import build_text_encoder
 from models.vision import build_vision_encoder, load_vision_config
-from models.weights.files import load_reference_checkpoint
-from models.weights.loading import LoadReport, load_state_dict_reporting
-from models.weights.pretrain import reference_to_ours
+from models.weights.loading import LoadReport, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +68,17 @@ def check_switches(config: dict) -> None:
 class CCLMBase(nn.Module):
     """Encoders and the operations every CCLM model shares.
 
-    Subclasses call ``build_vision``, ``build_text`` and ``build_contrastive_heads`` in ``__init__``; names of
-    parameters that start from random init (and train at ``lr_mult`` x lr) accumulate in ``self.init_params``.
-    Embeds are B x L x width sequences with token 0 the CLS; masks are 0/1 B x L.
+    ``__init__`` builds the two encoders (``vision_encoder``, ``text_encoder``); subclasses set ``task`` (the
+    checkpoint layout family: 'pretrain' or a fine-tuning task of ``models.weights.finetune.TASKS``) and add their
+    heads (``build_alignment_heads`` for the contrastive and matching ones). Names of parameters that start from
+    random init (and train at ``lr_mult`` x lr) accumulate in ``self.init_params``. Embeds are B x L x width
+    sequences with token 0 the CLS; masks are 0/1 B x L.
     """
 
-    def __init__(self, config: dict, root: str | Path | None = None):
+    task: str
+
+    def __init__(self, config: dict, root: str | Path | None = None, *, with_mlm_head: bool = False,
+                 num_hidden_layers: int | None = None, fusion_layer: int | None = None):
         super().__init__()
         check_switches(config)
         self.config = dict(config)
@@ -84,6 +87,8 @@ class CCLMBase(nn.Module):
         self.itc_gather = self.config.get("itc_gather", "local")
         if self.itc_gather not in ITC_GATHER_MODES:
             raise ValueError(f"model config: itc_gather must be one of {ITC_GATHER_MODES}, got {self.itc_gather!r}")
+        self.build_vision()
+        self.build_text(with_mlm_head=with_mlm_head, num_hidden_layers=num_hidden_layers, fusion_layer=fusion_layer)
 
     # ------------------------------------------------------------------ building
     def build_vision(self, load_params: bool | None = None) -> None:
@@ -125,13 +130,21 @@ class CCLMBase(nn.Module):
         self.text_width = self.text_encoder.width
         self.init_params += ["text_encoder." + n for n in new_params]
 
-    def build_contrastive_heads(self) -> None:
-        """Create ``text_proj``, ``vision_proj`` and the temperature ``temp``."""
+    def build_alignment_heads(self) -> None:
+        """Create the heads that align images and texts: the contrastive projections ``text_proj`` and
+        ``vision_proj``, the temperature ``temp`` and the matching head ``itm_head``."""
         embed_dim = self.config.get("embed_dim", 256)
         self.text_proj = build_projection(self.text_width, embed_dim)
         self.vision_proj = build_projection(self.vision_width, embed_dim)
         self.temp = build_temperature(self.config.get("temp", 0.07))
-        self._add_init_params("text_proj", "vision_proj", "temp")
+        self.itm_head = build_itm_head(self.text_width)
+        self._add_init_params("text_proj", "vision_proj", "temp", "itm_head")
+
+    def load_pretrained(self, checkpoint: str | Path | dict, is_eval: bool = False,
+                        strict: bool = False) -> LoadReport:
+        """Load a checkpoint file or state dict of any layout we read (see ``models.weights.loading``); every
+        missing, unexpected, dropped and newly initialised key is logged and returned."""
+        return load_checkpoint(self, checkpoint, is_eval=is_eval, strict=strict)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Activation checkpointing in every encoder the model has (the engine's ``run.grad_checkpointing``)."""
@@ -300,21 +313,13 @@ class CCLMPretrain(CCLMBase):
     """The CCLM pre-training model: ITC/ITM/MLM on image-text, TTC/TTM/MLM on parallel text, + box losses on
     regions. ``forward`` takes the reference's keyword arguments and returns a dict of named losses."""
 
-    def __init__(self, config: dict, root: str | Path | None = None):
-        super().__init__(config, root)
-        self.build_vision()
-        self.build_text(with_mlm_head=True)
-        self.build_contrastive_heads()
-        self.itm_head = build_itm_head(self.text_width)
-        self.bbox_head = build_bbox_head(self.text_width)
-        self._add_init_params("itm_head", "bbox_head")
+    task = "pretrain"
 
-    def load_pretrained(self, checkpoint: str | Path | dict, strict: bool = False) -> LoadReport:
-        """Load a reference-layout (or our) pre-training checkpoint, reporting missing/unexpected keys."""
-        state = load_reference_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-        state = reference_to_ours(state, window_size=self.vision_encoder.window_size)
-        what = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
-        return load_state_dict_reporting(self, state, what=what, strict=strict)
+    def __init__(self, config: dict, root: str | Path | None = None):
+        super().__init__(config, root, with_mlm_head=True)
+        self.build_alignment_heads()
+        self.bbox_head = build_bbox_head(self.text_width)
+        self._add_init_params("bbox_head")
 
     def forward(self, image=None, text_ids=None, text_atts=None, text_ids_masked=None, masked_pos=None,
                 masked_ids=None, text_ids_2=None, text_atts_2=None, text_ids_masked_2=None, masked_pos_2=None,

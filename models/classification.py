@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from models.cclm import CCLMBase
 from models.factory import register_model
 from models.heads import build_mlp
-from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 
 class CCLMClassification(CCLMBase):
@@ -22,19 +21,12 @@ class CCLMClassification(CCLMBase):
     task = "classification"
 
     def __init__(self, config: dict, root: str | Path | None = None):
-        super().__init__(config, root)
-        num_labels = self.config.get("num_labels", 3)
+        num_labels = config.get("num_labels", 3)
         if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
             raise ValueError(f"model config: num_labels must be an integer >= 2, got {num_labels!r}")
-        self.build_vision()
-        self.build_text(with_mlm_head=False)
+        super().__init__(config, root)
         self.cls_head = build_mlp(self.text_width, num_labels)
         self.init_params = ["cls_head." + n for n, _ in self.cls_head.named_parameters()]
-
-    def load_pretrained(self, checkpoint: str | Path | dict, is_eval: bool = False,
-                        strict: bool = False) -> TaskLoadReport:
-        """Load a CCLM pre-training checkpoint (reference rules) or a fine-tuned one; every key change is reported."""
-        return load_task_checkpoint(self, checkpoint, self.task, is_eval=is_eval, strict=strict)
 
     def logits(self, image: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:
         """Class logits (B x num_labels)."""

@@ -24,7 +24,6 @@ from models.factory import register_model
 from models.fast_ops import host_checkable
 from models.heads import build_mlp, build_projection
 from models.losses import similarity_logits
-from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 # Domain pre-training: probability that a caption is shown with its own image (labels 0/1) rather than with two
 # negatives (label 2).
@@ -57,20 +56,11 @@ class CCLMTwoImage(CCLMBase):
     task = "nlvr"
 
     def __init__(self, config: dict, root: str | Path | None = None):
-        super().__init__(config, root)
-        base_layers = self.config.get("text_num_hidden_layers", 12)
+        base_layers = config.get("text_num_hidden_layers", 12)
         num_layers, fusion_layer = nlvr_layer_counts(base_layers)
+        super().__init__(config, root, num_hidden_layers=num_layers, fusion_layer=fusion_layer)
         self.num_fusion_pairs = base_layers - fusion_layer
-        self.build_vision()
-        self.build_text(with_mlm_head=False, num_hidden_layers=num_layers, fusion_layer=fusion_layer)
         share_pair_cross_attention_kv(self.text_encoder, fusion_layer)
-
-    def load_pretrained(self, checkpoint: str | Path | dict, is_eval: bool = False,
-                        strict: bool = False) -> TaskLoadReport:
-        """Load a CCLM pre-training checkpoint (fusion layers duplicated), an NLVR domain-pretrained or a fine-tuned
-        NLVR checkpoint (layers as they are); every key change is reported."""
-        return load_task_checkpoint(self, checkpoint, self.task, is_eval=is_eval, strict=strict,
-                                    num_fusion_pairs=self.num_fusion_pairs)
 
     def fused_cls(self, left_embeds: torch.Tensor, left_atts: torch.Tensor, right_embeds: torch.Tensor,
                   right_atts: torch.Tensor, text_ids: torch.Tensor, text_atts: torch.Tensor) -> torch.Tensor:

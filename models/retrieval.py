@@ -14,9 +14,7 @@ import torch
 
 from models.cclm import CCLMBase
 from models.factory import register_model
-from models.heads import build_itm_head
 from models.losses import HardNegatives
-from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 
 class CCLMRetrieval(CCLMBase):
@@ -26,16 +24,8 @@ class CCLMRetrieval(CCLMBase):
 
     def __init__(self, config: dict, root: str | Path | None = None):
         super().__init__(config, root)
-        self.build_vision()
-        self.build_text(with_mlm_head=False)
-        self.build_contrastive_heads()
-        self.itm_head = build_itm_head(self.text_width)
+        self.build_alignment_heads()
         self.init_params = []  # everything comes from the pre-trained checkpoint (the reference's list is empty)
-
-    def load_pretrained(self, checkpoint: str | Path | dict, is_eval: bool = False,
-                        strict: bool = False) -> TaskLoadReport:
-        """Load a CCLM pre-training checkpoint (reference rules) or a fine-tuned one; every key change is reported."""
-        return load_task_checkpoint(self, checkpoint, self.task, is_eval=is_eval, strict=strict)
 
     # ------------------------------------------------------------------ evaluation pieces
     def image_embeds_and_feat(self, image: torch.Tensor):

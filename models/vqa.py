@@ -22,7 +22,6 @@ from models.cclm import CCLMBase, resolve_path
 from models.factory import register_model
 from models.fast_ops import host_checkable
 from models.text_encoder import SELF_ATTENTION_MASK_VALUE, build_text_encoder, extended_cross_attention_mask
-from models.weights.loading import TaskLoadReport, load_task_checkpoint
 
 IGNORE_INDEX = -100
 
@@ -42,27 +41,17 @@ class CCLMVQA(CCLMBase):
 
     def __init__(self, config: dict, root: str | Path | None = None):
         super().__init__(config, root)
-        self.build_vision()
-        self.build_text(with_mlm_head=False)
         self.num_dec_layers = self.config.get("num_dec_layers", 6)
         num_fusion = self.text_encoder.bert.num_layers - self.text_encoder.fusion_layer
         if self.num_dec_layers != num_fusion:
             raise ValueError(f"model config: num_dec_layers ({self.num_dec_layers}) must equal the encoder's number of "
                              f"fusion layers ({num_fusion}): the decoder is initialised from them")
-        if "text_encoder" not in self.config:
-            raise KeyError("model config: missing key 'text_encoder'")
         self.text_decoder, _ = build_text_encoder(
             resolve_path(self.config["text_encoder"], self.root), num_hidden_layers=self.num_dec_layers,
             fusion_layer=0, encoder_width=None, load_params=False, with_mlm_head=True,
             attn_implementation=self.config.get("attn_implementation", "sdpa"))
         self.pad_token_id = self.text_encoder.config.pad_token_id
         self.init_params = []  # the decoder too comes from the pre-trained checkpoint
-
-    def load_pretrained(self, checkpoint: str | Path | dict, is_eval: bool = False,
-                        strict: bool = False) -> TaskLoadReport:
-        """Load a CCLM pre-training checkpoint (decoder from the fusion layers) or a fine-tuned VQA checkpoint."""
-        return load_task_checkpoint(self, checkpoint, self.task, is_eval=is_eval, strict=strict,
-                                    num_dec_layers=self.num_dec_layers)
 
     # ------------------------------------------------------------------ encoder / decoder
     def question_states(self, image: torch.Tensor, question_ids: torch.Tensor,

@@ -1,30 +1,16 @@
-"""Reading weight files: a state dict from ``.th``/``.pth``/``.pt`` ({'model': sd, ...} or a bare sd) or
-``.safetensors``, with the DDP / torch.compile wrapper prefixes removed."""
+"""Reading weight files: a state dict from ``.th``/``.pth``/``.pt``/``.bin`` ({'model': sd, ...} or a bare sd) or
+``.safetensors``, never an arbitrary pickle (``weights_only=True``), with the wrapper prefixes removed."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+from models.weights.keys import strip_prefixes
 
 
-def strip_prefixes(state_dict: dict, prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict:
-    """Remove DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes, however nested."""
-    out = {}
-    for key, value in state_dict.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
-def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.th``/``.pth``/``.pt`` ({'model': sd, ...} or a bare sd) or ``.safetensors``."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a weight file (``{'model': sd, ...}`` or a bare sd), DDP / compile prefixes removed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -41,4 +27,3 @@ def load_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path}: expected a state dict or a dict with a 'model' state dict")
     return strip_prefixes(obj)
-

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from models.weights.files import strip_prefixes
-from models.weights.pretrain import ours_to_reference
-from models.weights.swin import (interpolate_relative_position_bias_table, is_reference_layout,
-                                 swin_ours_to_reference, swin_reference_to_ours)
+from models.weights.keys import (add_prefix, layer_indices, layer_key_pattern, renamed, split_prefix,
+                                 strip_prefixes)
+from models.weights.pretrain import ours_to_reference, position_ids
+from models.weights.swin import (TABLE_SUFFIX, VISION_PREFIX, interpolate_relative_position_bias_table,
+                                 is_buffer_key, is_reference_layout, swin_ours_to_reference, swin_reference_to_ours)
 
 logger = logging.getLogger(__name__)
 
@@ -47,19 +48,22 @@ TASK_MODULES = {
 NEW_HEADS = {"retrieval": (), "classification": ("cls_head.",), "nlvr": ("cls_head.",), "nlvr_domain": ("ta_head.",),
              "vqa": ()}
 
-VISION = "vision_encoder."
-SWIN_BUFFERS = ("relative_position_index", "attn_mask")
-TABLE_SUFFIX = "attn.relative_position_bias_table"
 TEXT_ENCODER_BARE = ("text_encoder.embeddings.", "text_encoder.encoder.")
 POSITION_IDS = ("text_encoder.embeddings.position_ids", "text_decoder.bert.embeddings.position_ids")
+# the reference's bare fine-tuning text encoder <-> ours (which keeps the pre-training 'bert.' level)
+_BARE_TO_OURS = tuple((prefix, "text_encoder.bert." + prefix[len("text_encoder."):]) for prefix in TEXT_ENCODER_BARE)
+_OURS_TO_BARE = (("text_encoder.bert.", "text_encoder."),)
+_ENCODER_TO_DECODER = (("text_encoder.", "text_decoder."),)
 # our position table -> the reference's position-id buffer next to it
 OUR_POSITION_TABLES = {
     "text_encoder.bert.embeddings.position_embeddings.weight": "text_encoder.embeddings.position_ids",
     "text_decoder.bert.embeddings.position_embeddings.weight": "text_decoder.bert.embeddings.position_ids",
 }
-_ENCODER_LAYER = re.compile(r"^text_encoder\.encoder\.layer\.(\d+)\.(.*)$")
-_PRETRAIN_LAYER = re.compile(r"^text_encoder\.bert\.encoder\.layer\.(\d+)\.(.*)$")
+_ENCODER_LAYER = layer_key_pattern("text_encoder.")
+_PRETRAIN_LAYER = layer_key_pattern("text_encoder.bert.")
 
+SWIN_BUFFER_REASON = "Swin buffer, recomputed by the model"
+POSITION_IDS_REASON = "text position-id buffer, recomputed by the model (ids 0..L-1)"
 # Why a reference pre-training module is not carried into a task model.
 _DROP_REASONS = {
     "text_encoder.cls.": "the MLM head of pre-training; the task model has a bare encoder",
@@ -98,7 +102,7 @@ def detect_layout(state_dict: dict) -> str:
     """'reference_pretrain', 'reference_finetune', 'ours_pretrain' or 'ours_finetune', from the Swin key layout, the
     text encoder names and (for ours) the MLM head, which only a pre-training model has."""
     keys = list(state_dict)
-    vision = {k[len(VISION):]: None for k in keys if k.startswith(VISION)}
+    vision, _ = split_prefix(state_dict, VISION_PREFIX)
     has_bert = any(k.startswith("text_encoder.bert.") for k in keys)
     has_bare = any(k.startswith(TEXT_ENCODER_BARE) for k in keys)
     if has_bert and has_bare:
@@ -128,10 +132,10 @@ def resize_bias_tables(state_dict: dict, window_size: int | None, report: Conver
     (2w-1)^2 rows when ``window_size`` is given (a no-op at equal size)."""
     out = {}
     for key, value in state_dict.items():
-        if key.startswith(VISION) and key.split(".")[-1] in SWIN_BUFFERS:
-            report.drop(key, "Swin buffer, recomputed by the model")
+        if key.startswith(VISION_PREFIX) and is_buffer_key(key):
+            report.drop(key, SWIN_BUFFER_REASON)
             continue
-        if window_size and key.startswith(VISION) and key.endswith(TABLE_SUFFIX):
+        if window_size and key.startswith(VISION_PREFIX) and key.endswith(TABLE_SUFFIX):
             value = interpolate_relative_position_bias_table(value, (2 * window_size - 1) ** 2)
         out[key] = value
     return out
@@ -148,10 +152,6 @@ def strip_bert(state_dict: dict, also_roberta: bool = False) -> dict:
             key = key.replace("bert.", "", 1)
         out[key] = value
     return out
-
-
-def _layer_indices(state_dict: dict, pattern: re.Pattern) -> list[int]:
-    return sorted({int(m.group(1)) for k in state_dict if (m := pattern.match(k))})
 
 
 def _cross_attention_start(state_dict: dict, pattern: re.Pattern) -> int:
@@ -179,7 +179,7 @@ def duplicate_fusion_layers(state_dict: dict) -> dict:
 
 def _nlvr_layers(state_dict: dict, num_fusion_pairs: int | None) -> dict:
     """Duplicate the fusion layers of a 12-layer encoder; leave an already two-image (18-layer) encoder as it is."""
-    layers = _layer_indices(state_dict, _ENCODER_LAYER)
+    layers = layer_indices(state_dict, _ENCODER_LAYER)
     if not layers:
         return state_dict
     fusion = _cross_attention_start(state_dict, _ENCODER_LAYER)
@@ -199,7 +199,7 @@ def decoder_from_fusion_layers(state_dict: dict, num_dec_layers: int) -> dict:
     if not any(k.startswith("text_encoder.bert.") for k in state_dict):
         raise ValueError("VQA conversion needs the pre-training layout (text_encoder.bert.* keys)")
     fusion = _cross_attention_start(state_dict, _PRETRAIN_LAYER)
-    layers = _layer_indices(state_dict, _PRETRAIN_LAYER)
+    layers = layer_indices(state_dict, _PRETRAIN_LAYER)
     num_fusion = layers[-1] + 1 - fusion
     if num_fusion != num_dec_layers:
         raise ValueError(f"VQA conversion: the decoder has {num_dec_layers} layers but the checkpoint has "
@@ -207,14 +207,14 @@ def decoder_from_fusion_layers(state_dict: dict, num_dec_layers: int) -> dict:
     out = {}
     for key, value in state_dict.items():
         if key.startswith("text_encoder.bert."):
-            out["text_encoder." + key[len("text_encoder.bert."):]] = value
+            out[renamed(key, _OURS_TO_BARE)] = value
             m = _PRETRAIN_LAYER.match(key)
             if m is None:
-                out["text_decoder." + key[len("text_encoder."):]] = value
+                out[renamed(key, _ENCODER_TO_DECODER)] = value
             elif int(m.group(1)) >= fusion:
                 out[f"text_decoder.bert.encoder.layer.{int(m.group(1)) - fusion}.{m.group(2)}"] = value
         elif key.startswith("text_encoder.cls."):
-            out["text_decoder." + key[len("text_encoder."):]] = value
+            out[renamed(key, _ENCODER_TO_DECODER)] = value
         else:
             out[key] = value
     return out
@@ -261,7 +261,7 @@ def pretrain_to_task_reference(state_dict: dict, task: str, window_size: int | N
 
 
 def _num_fusion_layers(state_dict: dict) -> int:
-    layers = _layer_indices(state_dict, _PRETRAIN_LAYER)
+    layers = layer_indices(state_dict, _PRETRAIN_LAYER)
     return layers[-1] + 1 - _cross_attention_start(state_dict, _PRETRAIN_LAYER)
 
 
@@ -273,26 +273,20 @@ def task_reference_to_ours(state_dict: dict, task: str, window_size: int | None 
     ``window_size`` is given), ``text_encoder.X`` -> ``text_encoder.bert.X``, position-id buffers dropped."""
     _check_task(task)
     report = ConversionReport()
-    state = strip_prefixes(state_dict)
-    bad = next((k for k in state if k.startswith("text_encoder.bert.")), None)
+    vision, rest = split_prefix(strip_prefixes(state_dict), VISION_PREFIX)
+    bad = next((k for k in rest if k.startswith("text_encoder.bert.")), None)
     if bad is not None:
         raise ValueError(f"key {bad!r}: this is the pre-training layout; use pretrain_to_task_reference first")
-    vision = {k[len(VISION):]: v for k, v in state.items() if k.startswith(VISION)}
+    for key in filter(is_buffer_key, vision):
+        report.drop(VISION_PREFIX + key, SWIN_BUFFER_REASON)
     out = {}
-    for key, value in state.items():
-        if key.startswith(VISION):
-            if key.split(".")[-1] in SWIN_BUFFERS:
-                report.drop(key, "Swin buffer, recomputed by the model")
-            continue
+    for key, value in rest.items():
         if key in POSITION_IDS:
-            report.drop(key, "text position-id buffer, recomputed by the model (ids 0..L-1)")
-            continue
-        if key.startswith(TEXT_ENCODER_BARE):
-            key = "text_encoder.bert." + key[len("text_encoder."):]
-        out[key] = value
+            report.drop(key, POSITION_IDS_REASON)
+        else:
+            out[renamed(key, _BARE_TO_OURS) or key] = value
     if vision:
-        converted = swin_reference_to_ours(vision, window_size=window_size)
-        out.update({VISION + k: v for k, v in converted.items()})
+        out.update(add_prefix(swin_reference_to_ours(vision, window_size=window_size), VISION_PREFIX))
     if task in TWO_IMAGE_TASKS:
         _warn_if_shared_kv_differ(out)
     return out, report
@@ -302,25 +296,18 @@ def ours_to_task_reference(state_dict: dict, task: str, model: nn.Module | None 
     """Our task-model keys -> the reference fine-tuning layout; with ``model``, its buffers are added as the
     reference saves them (Swin index/mask, text position ids 0..P-1)."""
     _check_task(task)
-    state = strip_prefixes(state_dict)
-    vision = {k[len(VISION):]: v for k, v in state.items() if k.startswith(VISION)}
-    out = {}
-    for key, value in state.items():
-        if key.startswith(VISION):
-            continue
-        if key.startswith("text_encoder.bert."):
-            key = "text_encoder." + key[len("text_encoder.bert."):]
-        elif key.startswith("text_encoder.cls."):
-            raise ValueError(f"key {key!r}: a fine-tuning text encoder has no MLM head")
-        out[key] = value
+    vision, rest = split_prefix(strip_prefixes(state_dict), VISION_PREFIX)
+    bad = next((k for k in rest if k.startswith("text_encoder.cls.")), None)
+    if bad is not None:
+        raise ValueError(f"key {bad!r}: a fine-tuning text encoder has no MLM head")
+    out = {renamed(key, _OURS_TO_BARE) or key: value for key, value in rest.items()}
     if vision:
         encoder = getattr(model, "vision_encoder", None) if model is not None else None
-        out.update({VISION + k: v for k, v in swin_ours_to_reference(vision, encoder=encoder).items()})
+        out.update(add_prefix(swin_ours_to_reference(vision, encoder=encoder), VISION_PREFIX))
     if model is not None:
         for table, ids in OUR_POSITION_TABLES.items():
-            if table in state:
-                rows = state[table].shape[0]
-                out[ids] = torch.arange(rows, device=state[table].device).unsqueeze(0)
+            if table in rest:
+                out[ids] = position_ids(rest[table])
     return out
 
 

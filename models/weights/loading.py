@@ -8,9 +8,10 @@ from pathlib import Path
 
 from torch import nn
 
-from models.weights.files import load_reference_checkpoint
-from models.weights.finetune import NEW_HEADS, TABLE_SUFFIX, convert_for_task
-from models.weights.swin import interpolate_relative_position_bias_table
+from models.weights.files import read_state_dict
+from models.weights.finetune import NEW_HEADS, convert_for_task
+from models.weights.pretrain import reference_to_ours
+from models.weights.swin import fit_bias_tables
 
 logger = logging.getLogger(__name__)
 
@@ -67,18 +68,36 @@ def load_state_dict_reporting(model: nn.Module, state_dict: dict, what: str = "c
     return report
 
 
+def load_checkpoint(model: nn.Module, checkpoint: str | Path | dict, is_eval: bool = False,
+                    strict: bool = False) -> LoadReport:
+    """Load a checkpoint file or state dict (any layout we read) into a CCLM model, by the model's ``task``:
+    the pre-training model takes the pre-training layouts, a task model any layout through the reference's
+    fine-tuning rules (:func:`load_task_checkpoint`). Every key change is logged and returned."""
+    if model.task == "pretrain":
+        return load_pretrain_checkpoint(model, checkpoint, strict=strict)
+    return load_task_checkpoint(model, checkpoint, model.task, is_eval=is_eval, strict=strict,
+                                num_fusion_pairs=getattr(model, "num_fusion_pairs", None),
+                                num_dec_layers=getattr(model, "num_dec_layers", None))
+
+
+def load_pretrain_checkpoint(model: nn.Module, checkpoint: str | Path | dict, strict: bool = False) -> LoadReport:
+    """Load a reference-layout (or our) pre-training checkpoint into ``CCLMPretrain``, reporting every key."""
+    what, state = _read(checkpoint)
+    state = reference_to_ours(state, window_size=model.vision_encoder.window_size)
+    return load_state_dict_reporting(model, state, what=what, strict=strict)
+
+
 def load_task_checkpoint(model: nn.Module, checkpoint: str | Path | dict, task: str, is_eval: bool = False,
                          strict: bool = False, num_fusion_pairs: int | None = None,
                          num_dec_layers: int | None = None) -> TaskLoadReport:
     """Load a checkpoint file or state dict into a task model; log and return every missing, unexpected,
     dropped and newly initialised key by name (``strict`` raises on missing or unexpected ones)."""
-    what = "state dict" if isinstance(checkpoint, dict) else str(checkpoint)
-    state = checkpoint if isinstance(checkpoint, dict) else load_reference_checkpoint(checkpoint)
+    what, state = _read(checkpoint)
     converted, conversion = convert_for_task(state, task, window_size=model.vision_encoder.window_size,
                                              is_eval=is_eval, num_fusion_pairs=num_fusion_pairs,
                                              num_dec_layers=num_dec_layers)
     if not is_eval:
-        _fit_tables_to_model(converted, model)
+        fit_bias_tables(converted, model.state_dict())
     new_heads = NEW_HEADS[task]
     result = load_state_dict_reporting(model, converted, what=what, ignore_missing=new_heads or ())
     initialised = sorted(k for k in model.state_dict() if new_heads and k.startswith(new_heads) and k not in converted)
@@ -93,10 +112,8 @@ def load_task_checkpoint(model: nn.Module, checkpoint: str | Path | dict, task: 
                           initialised=initialised)
 
 
-def _fit_tables_to_model(state_dict: dict, model: nn.Module) -> None:
-    """Swin stages smaller than the window use a smaller table: resize to the model's own shape where it differs."""
-    own = model.state_dict()
-    for key, value in list(state_dict.items()):
-        if key.endswith(TABLE_SUFFIX) and key in own and value.shape[0] != own[key].shape[0] \
-                and value.shape[1] == own[key].shape[1]:
-            state_dict[key] = interpolate_relative_position_bias_table(value, own[key].shape[0])
+def _read(checkpoint: str | Path | dict) -> tuple[str, dict]:
+    """(how to name it in messages, its state dict) for a checkpoint file or an in-memory state dict."""
+    if isinstance(checkpoint, dict):
+        return "state dict", checkpoint
+    return str(checkpoint), read_state_dict(checkpoint)

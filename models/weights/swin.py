@@ -7,22 +7,32 @@ Two state-dict layouts exist:
 - ours (timm 1.x): PatchMerging at the START of stage i+1 (`layers.{i+1}.downsample`), buffers not saved, no head.
 Block, patch-embedding and final-norm names are identical in both.
 """
+from __future__ import annotations
+
 import logging
 import math
 import re
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from scipy.interpolate import RectBivariateSpline
 
+from models.weights.files import read_state_dict
+from models.weights.keys import shape_mismatches
+
 logger = logging.getLogger(__name__)
 
-_BUFFER_NAMES = ("relative_position_index", "attn_mask")
+VISION_PREFIX = "vision_encoder."  # the Swin keys' prefix in every CCLM checkpoint
+BUFFER_NAMES = ("relative_position_index", "attn_mask")
+TABLE_SUFFIX = "attn.relative_position_bias_table"
 _DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
-_TABLE_SUFFIX = "attn.relative_position_bias_table"
+
+
+def is_buffer_key(key: str) -> bool:
+    """A Swin buffer (relative-position index, shifted-window mask): recomputed by the model, never loaded."""
+    return key.split(".")[-1] in BUFFER_NAMES
 
 
 # --------------------------------------------------------------------------------------------- bias tables
@@ -81,23 +91,23 @@ def _geometric_sum(ratio: float, terms: int) -> float:
 
 # --------------------------------------------------------------------------------------------- key layouts
 
-def swin_reference_to_ours(state_dict: Dict[str, torch.Tensor],
-                           window_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+def swin_reference_to_ours(state_dict: dict[str, torch.Tensor],
+                           window_size: int | None = None) -> dict[str, torch.Tensor]:
     """Reference/official Swin keys (no `vision_encoder.` prefix) -> timm keys; drops buffers and head.*."""
     converted = {}
     for key, value in state_dict.items():
         if key.startswith("vision_encoder."):
             raise ValueError(f"key {key!r}: strip the 'vision_encoder.' prefix before converting")
-        if key.startswith("head.") or key.split(".")[-1] in _BUFFER_NAMES:
+        if key.startswith("head.") or is_buffer_key(key):
             continue
-        if key.endswith(_TABLE_SUFFIX) and window_size is not None:
+        if key.endswith(TABLE_SUFFIX) and window_size is not None:
             value = interpolate_relative_position_bias_table(value, (2 * window_size - 1) ** 2)
         converted[_shift_downsample(key, +1)] = value
     return converted
 
 
-def swin_ours_to_reference(state_dict: Dict[str, torch.Tensor],
-                           encoder: Optional[nn.Module] = None) -> Dict[str, torch.Tensor]:
+def swin_ours_to_reference(state_dict: dict[str, torch.Tensor],
+                           encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """timm keys -> reference keys; with `encoder`, adds its relative_position_index / attn_mask buffers too."""
     converted = {}
     for key, value in state_dict.items():
@@ -106,7 +116,7 @@ def swin_ours_to_reference(state_dict: Dict[str, torch.Tensor],
         converted[_shift_downsample(key, -1)] = value
     if encoder is not None:
         for key, buffer in encoder.named_buffers():
-            if key.split(".")[-1] in _BUFFER_NAMES:
+            if is_buffer_key(key):
                 converted[key] = buffer  # block buffers keep their names in both layouts
     return converted
 
@@ -118,29 +128,32 @@ def _shift_downsample(key: str, offset: int) -> str:
     return f"layers.{int(match.group(1)) + offset}.downsample." + key[match.end():]
 
 
-def is_reference_layout(state_dict: Dict[str, torch.Tensor]) -> bool:
+def is_reference_layout(state_dict: dict[str, torch.Tensor]) -> bool:
     """True for the official/reference layout: only it has a PatchMerging in stage 0."""
     return any(key.startswith("layers.0.downsample.") for key in state_dict)
 
 
 # --------------------------------------------------------------------------------------------- loading
 
-def load_official_swin(encoder: nn.Module, path: Union[str, Path]) -> dict:
+def load_official_swin(encoder: nn.Module, path: str | Path) -> dict:
     """Load an official Swin `.pth` ({'model': sd}) or our own .pth/.safetensors; report missing/unexpected keys."""
     path = Path(path)
-    state_dict = _read_state_dict(path)
+    state_dict = read_state_dict(path)
     ignored_head = sorted(k for k in state_dict if k.startswith("head."))
     if is_reference_layout(state_dict):
         state_dict = swin_reference_to_ours(state_dict)
     else:
-        state_dict = {k: v for k, v in state_dict.items()
-                      if not k.startswith("head.") and k.split(".")[-1] not in _BUFFER_NAMES}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.") and not is_buffer_key(k)}
     own = encoder.state_dict()
     if not set(state_dict) & set(own):
         raise ValueError(f"{path}: none of its {len(state_dict)} keys is a Swin encoder key "
                          f"(first: {sorted(state_dict)[:3]}); a full CCLM checkpoint needs its prefix removed")
-    state_dict = _fit_bias_tables(state_dict, own, path)
-    _check_shapes(state_dict, own, path)
+    fit_bias_tables(state_dict, own)
+    wrong = shape_mismatches(state_dict, own)
+    if wrong:
+        more = f"\n  ... and {len(wrong) - 10} more" if len(wrong) > 10 else ""
+        raise ValueError(f"{path}: shape mismatch in {len(wrong)} key(s) (is the vision config right?):\n  "
+                         + "\n  ".join(wrong[:10]) + more)
     result = encoder.load_state_dict(state_dict, strict=False)
     report = {"path": str(path), "missing": sorted(result.missing_keys),
               "unexpected": sorted(result.unexpected_keys) + ignored_head}
@@ -150,35 +163,11 @@ def load_official_swin(encoder: nn.Module, path: Union[str, Path]) -> dict:
     return report
 
 
-def _read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"Swin checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    loaded = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
-        loaded = loaded["model"]
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise ValueError(f"{path}: expected a state dict or {{'model': state dict}} of tensors")
-    return loaded
-
-
-def _fit_bias_tables(state_dict: dict, own: dict, path: Path) -> dict:
-    """Resize every bias table to its block's size (each block's window is clamped to its stage size)."""
-    fitted = dict(state_dict)
-    for key, value in state_dict.items():
-        if key.endswith(_TABLE_SUFFIX) and key in own and value.shape != own[key].shape:
-            if value.shape[1] != own[key].shape[1]:
-                raise ValueError(f"{path}: {key} has {value.shape[1]} heads, the encoder {own[key].shape[1]}")
-            fitted[key] = interpolate_relative_position_bias_table(value, own[key].shape[0])
-    return fitted
-
-
-def _check_shapes(state_dict: dict, own: dict, path: Path) -> None:
-    wrong = [f"{k}: file {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
-             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
-    if wrong:
-        more = f"\n  ... and {len(wrong) - 10} more" if len(wrong) > 10 else ""
-        raise ValueError(f"{path}: shape mismatch in {len(wrong)} key(s) (is the vision config right?):\n  "
-                         + "\n  ".join(wrong[:10]) + more)
+def fit_bias_tables(state_dict: dict, own: dict) -> None:
+    """Resize (in place) every bias table of ``state_dict`` whose row count differs from the one of the same key in
+    ``own`` (a model's state dict; each block's window is clamped to its stage size); head-count differences are
+    left for the shape check to report."""
+    for key, value in list(state_dict.items()):
+        if key.endswith(TABLE_SUFFIX) and key in own and value.shape[0] != own[key].shape[0] \
+                and value.shape[1:] == own[key].shape[1:]:
+            state_dict[key] = interpolate_relative_position_bias_table(value, own[key].shape[0])

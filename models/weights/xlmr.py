@@ -9,22 +9,22 @@ from pathlib import Path
 
 import torch
 
-from models.weights.files import strip_prefixes
+from models.weights.files import read_state_dict
+from models.weights.keys import layer_indices, layer_key_pattern, renamed, strip_prefixes
 
 logger = logging.getLogger(__name__)
 
 # Hugging Face XLM-R buffers and the pooler have no counterpart in the CCLM text encoder.
 XLMR_DROPPED = re.compile(r"^(roberta\.)?(embeddings\.(position_ids|token_type_ids)|pooler\.)")
-XLMR_LM_HEAD_RENAMES = {
-    "lm_head.bias": "cls.predictions.bias",
-    "lm_head.dense.weight": "cls.predictions.transform.dense.weight",
-    "lm_head.dense.bias": "cls.predictions.transform.dense.bias",
-    "lm_head.layer_norm.weight": "cls.predictions.transform.LayerNorm.weight",
-    "lm_head.layer_norm.bias": "cls.predictions.transform.LayerNorm.bias",
-    "lm_head.decoder.weight": "cls.predictions.decoder.weight",
-    "lm_head.decoder.bias": "cls.predictions.decoder.bias",
-}
-_LAYER_KEY = re.compile(r"^bert\.encoder\.layer\.(\d+)\.(.*)$")
+# XLM-R's LM head -> the reference's (BERT-named) MLM head
+XLMR_LM_HEAD_RENAMES = (("lm_head.dense.", "cls.predictions.transform.dense."),
+                        ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+                        ("lm_head.decoder.", "cls.predictions.decoder."),
+                        ("lm_head.bias", "cls.predictions.bias"))
+# The encoder of an XLMRobertaForMaskedLM (under 'roberta.') or of a bare XLMRobertaModel -> 'bert.'
+_MASKED_LM_ENCODER = (("roberta.", "bert."),)
+_BARE_ENCODER = (("embeddings.", "bert.embeddings."), ("encoder.", "bert.encoder."))
+_LAYER_KEY = layer_key_pattern("bert.")
 
 
 def layer_selection(num_source_layers: int, num_target_layers: int) -> dict[int, int]:
@@ -49,33 +49,26 @@ def xlmr_to_text_encoder(state_dict: dict, num_target_layers: int) -> dict[str, 
     """
     state_dict = strip_prefixes(state_dict)
     has_prefix = any(k.startswith("roberta.") for k in state_dict)
-    renamed = {}
+    renames = XLMR_LM_HEAD_RENAMES + (_MASKED_LM_ENCODER if has_prefix else _BARE_ENCODER)
+    converted = {}
     for key, value in state_dict.items():
         if XLMR_DROPPED.match(key):
             logger.info("XLM-R conversion: dropping %s (no counterpart in the CCLM text encoder)", key)
             continue
-        if key in XLMR_LM_HEAD_RENAMES:
-            renamed[XLMR_LM_HEAD_RENAMES[key]] = value
-        elif has_prefix and key.startswith("roberta."):
-            renamed["bert." + key[len("roberta."):]] = value
-        elif not has_prefix and key.split(".", 1)[0] in ("embeddings", "encoder"):
-            renamed["bert." + key] = value
-        else:
-            renamed[key] = value  # left for the loader to report as unexpected
-    source_layers = {int(m.group(1)) for k in renamed if (m := _LAYER_KEY.match(k))}
+        converted[renamed(key, renames) or key] = value  # an unknown key is left for the loader to report
+    source_layers = layer_indices(converted, _LAYER_KEY)
     if not source_layers:
         raise ValueError("XLM-R conversion: no 'roberta.encoder.layer.N.' keys found; is this an XLM-R checkpoint?")
-    num_source = max(source_layers) + 1
+    num_source = source_layers[-1] + 1
     mapping = layer_selection(num_source, num_target_layers)
     out = {}
-    for key, value in renamed.items():
+    for key, value in converted.items():
         m = _LAYER_KEY.match(key)
         if m is None:
             out[key] = value
         elif int(m.group(1)) in mapping:
             out[f"bert.encoder.layer.{mapping[int(m.group(1))]}.{m.group(2)}"] = value
     return out
-
 
 
 def read_hf_state_dict(text_encoder: str | Path) -> dict[str, torch.Tensor]:
@@ -89,20 +82,13 @@ def read_hf_state_dict(text_encoder: str | Path) -> dict[str, torch.Tensor]:
                                      ("pytorch_model.bin", "pytorch_model.bin.index.json")):
         single = find(weights_name)
         if single is not None:
-            return _read_weights_file(Path(single))
+            return read_state_dict(single)
         index = find(index_name)
         if index is not None:
             shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
             state = {}
             for shard in shards:
-                state.update(_read_weights_file(Path(find(shard))))
+                state.update(read_state_dict(find(shard)))
             return state
     raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or sharded index) in {text_encoder}")
-
-
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
 

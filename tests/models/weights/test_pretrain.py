@@ -1,7 +1,7 @@
 """The reference pre-training layout <-> ours."""
 import torch
 
-from models.weights.files import load_reference_checkpoint
+from models.weights.files import read_state_dict
 from models.weights.pretrain import ours_to_reference, reference_to_ours
 
 
@@ -21,7 +21,7 @@ def test_reference_to_ours_moves_patch_merging_and_drops_buffers():
 
 
 def test_golden_state_round_trips(golden_dir):
-    ref = load_reference_checkpoint(golden_dir / "tiny_state.pt")
+    ref = read_state_dict(golden_dir / "tiny_state.pt")
     back = ours_to_reference(reference_to_ours(ref))
     buffers = {k for k in ref if k.endswith(("relative_position_index", "attn_mask"))}
     assert set(back) == set(ref) - buffers
