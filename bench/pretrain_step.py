@@ -121,12 +121,12 @@ def build_worker_model(args):
     import torch
 
     if args.mode == "tiny":
-        from tools.check_parity import build_model
+        from models.golden import build_golden_model, golden_inputs
 
         golden = common.golden_dir(args.golden)
         torch.manual_seed(0)
-        model = build_model(golden, "sdpa").train()
-        batches = torch.load(golden / "tiny_inputs.pt", weights_only=True)
+        model = build_golden_model(golden, "sdpa").train()
+        batches = golden_inputs(golden)
     else:
         from models.factory import create_model
 

@@ -2,7 +2,7 @@
 
     python3 tools/check_parity.py GOLDEN_DIR [--attn sdpa|eager]
 
-The folder holds (see its README): one ``*.yaml`` model config (relative paths resolve against the folder),
+The folder holds (docs/model.md#golden-fixture): one ``*.yaml`` model config (relative paths resolve against the folder),
 ``tiny_state.pt`` (reference-layout weights), ``tiny_inputs.pt`` (forward kwargs per batch), ``tiny_losses.json``
 (eval losses and the hard-negative draws per batch), ``tiny_outputs.pt`` (intermediate tensors, ``<batch>.<name>``)
 and ``tiny_grads.pt`` (gradients of each batch's summed losses, reference parameter names). The model is built from
@@ -12,7 +12,6 @@ Every loss, tensor and gradient is printed beside the reference's; the exit stat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.factory import create_model  # noqa: E402
+from models.golden import build_golden_model, check_golden_folder, golden_inputs, read_golden_file  # noqa: E402
 from models.losses import HardNegatives  # noqa: E402
 from models.weights.pretrain import reference_to_ours  # noqa: E402
 
@@ -36,7 +35,6 @@ from models.weights.pretrain import reference_to_ours  # noqa: E402
 LOSS_RTOL = 5e-5      # |ours - ref| <= LOSS_RTOL * |ref|
 TENSOR_ATOL = 1e-5    # max |ours - ref| <= TENSOR_ATOL
 GRAD_RTOL = 5e-3      # ||ours - ref|| <= GRAD_RTOL * ||ref||
-GOLDEN_FILES = ("tiny_state.pt", "tiny_inputs.pt", "tiny_losses.json", "tiny_outputs.pt", "tiny_grads.pt")
 
 
 @dataclass
@@ -57,37 +55,6 @@ class Tally:
 
 def _report(ok: bool, label: str, ours: str, ref: str, err: str) -> None:
     print(f"[{'PASS' if ok else 'FAIL'}] {label:<72} ours={ours:<14} ref={ref:<14} {err}")
-
-
-def _load(path: Path):
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def find_config(golden: Path) -> Path:
-    """The single ``*.yaml`` model config of a golden folder."""
-    found = sorted(golden.glob("*.yaml"))
-    if len(found) != 1:
-        raise FileNotFoundError(f"{golden}: expected exactly one *.yaml model config, found {[p.name for p in found]}")
-    return found[0]
-
-
-def build_model(golden: Path, attn_implementation: str):
-    """Our pre-training model from the folder's config, with the reference weights loaded via our conversion."""
-    from ruamel.yaml import YAML
-
-    config_path = find_config(golden)
-    config = YAML(typ="safe").load(config_path.read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a mapping at the top level")
-    config.update(load_text_params=False, load_vision_params=False, attn_implementation=attn_implementation)
-    model = create_model("cclm_pretrain", config, root=golden)
-    report = model.load_pretrained(golden / "tiny_state.pt")
-    if report.missing or report.unexpected:
-        raise RuntimeError(f"tiny_state.pt did not load cleanly: missing {report.missing}, "
-                           f"unexpected {report.unexpected}")
-    return model.eval()
 
 
 def reference_param_name_to_ours(name: str, window_size: int) -> str:
@@ -160,13 +127,11 @@ def check_tensors(batch: str, ours: dict, ref_outputs: dict, tally: Tally) -> No
 
 def run_parity(golden: Path, attn_implementation: str = "sdpa") -> dict[str, Tally]:
     """Run every check of a golden folder; returns the tallies for losses, tensors and gradients."""
-    missing = [name for name in GOLDEN_FILES if not (golden / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{golden}: missing golden file(s) {missing}")
+    check_golden_folder(golden)
     torch.manual_seed(0)
-    model = build_model(golden, attn_implementation)
-    inputs, expected = _load(golden / "tiny_inputs.pt"), _load(golden / "tiny_losses.json")
-    ref_outputs, ref_grads = _load(golden / "tiny_outputs.pt"), _load(golden / "tiny_grads.pt")
+    model = build_golden_model(golden, attn_implementation)
+    inputs, expected = golden_inputs(golden), read_golden_file(golden / "tiny_losses.json")
+    ref_outputs, ref_grads = read_golden_file(golden / "tiny_outputs.pt"), read_golden_file(golden / "tiny_grads.pt")
     tallies = {"losses": Tally(), "tensors": Tally(), "grads": Tally()}
     for batch, kwargs in inputs.items():
         if batch not in expected.get("eval", {}):
