@@ -6,9 +6,9 @@ full size). Fusion layers come in pairs: the first of a pair cross-attends to th
 image, and the two share the cross-attention key and value projections (their query, output, self-attention and FFN
 are separate). A pre-trained fusion layer initialises both members of its pair (see models.weights.finetune).
 
-Domain pre-training (spec-finetune 6.6) arranges image-caption batches into two-image examples: each caption is
-shown with its own image and a hard-negative one (label 0: its image on the left, 1: on the right) or with two
-negatives (label 2: neither); ``ta_head`` classifies the fused CLS into these three classes.
+Domain pre-training (docs/model.md#nlvr-domain-pre-training) arranges image-caption batches into two-image
+examples: each caption is shown with its own image and a hard-negative one (label 0: its image on the left, 1: on
+the right) or with two negatives (label 2: neither); ``ta_head`` classifies the fused CLS into these three classes.
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from models.losses import similarity_logits
 # negatives (label 2).
 PAIR_PROBABILITY = 2 / 3
 NUM_DOMAIN_LABELS = 3
-# Temperature of the image-image similarities that rank the negatives (0.07 in spec-finetune 6.6; not learnable).
+# Temperature of the image-image similarities that rank the negatives (not learnable;
+# docs/model.md#nlvr-domain-pre-training).
 DOMAIN_NEGATIVE_TEMP = 0.07
 
 

@@ -5,7 +5,7 @@ tokens (or to a second text). Module names follow the reference checkpoint (``be
 ``bert.encoder.layer.{k}.attention|crossattention|intermediate|output``, ``cls.predictions``), so released weights
 load without renames.
 
-Numerics that matter for parity with the reference (see the golden fixture's README):
+Numerics that matter for parity with the reference (docs/model.md#parity-numerics):
 - position ids are 0..L-1 (BERT style) and the position table has no padding index;
 - self-attention masks add -10000 at padded keys, cross-attention masks add -1e9;
 - the query is divided by sqrt(head_dim) before the product;

@@ -6,8 +6,8 @@ and the MLM head as LM head) is initialised from the pre-trained fusion layers (
 
 Training: teacher-forced answers ``<s> answer </s>``; each answer's loss is the SUM of its token NLLs (``</s>``
 included), weighted, summed and divided by the number of questions.
-Inference ranks a fixed answer list (spec-finetune 5.4): the decoder's first-step softmax over the whole vocabulary
-gives each answer the probability of its first token; the k most likely answers are then scored as
+Inference ranks a fixed answer list (docs/model.md#vqa-ranking): the decoder's first-step softmax over the whole
+vocabulary gives each answer the probability of its first token; the k most likely answers are then scored as
 log p(first token) - NLL(whole answer) (the first token counted twice, as the reference does), soft-maxed over the k,
 and sorted.
 """

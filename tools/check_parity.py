@@ -2,11 +2,12 @@
 
     python3 tools/check_parity.py GOLDEN_DIR [--attn sdpa|eager]
 
-The folder holds (docs/model.md#golden-fixture): one ``*.yaml`` model config (relative paths resolve against the folder),
-``tiny_state.pt`` (reference-layout weights), ``tiny_inputs.pt`` (forward kwargs per batch), ``tiny_losses.json``
-(eval losses and the hard-negative draws per batch), ``tiny_outputs.pt`` (intermediate tensors, ``<batch>.<name>``)
-and ``tiny_grads.pt`` (gradients of each batch's summed losses, reference parameter names). The model is built from
-the config, loaded through our checkpoint conversion and run in eval mode with the recorded hard negatives.
+The folder holds (docs/model.md#golden-fixture): one ``*.yaml`` model config (relative paths resolve against the
+folder), ``tiny_state.pt`` (reference-layout weights), ``tiny_inputs.pt`` (forward kwargs per batch),
+``tiny_losses.json`` (eval losses and the hard-negative draws per batch), ``tiny_outputs.pt`` (intermediate
+tensors, ``<batch>.<name>``) and ``tiny_grads.pt`` (gradients of each batch's summed losses, reference parameter
+names). The model is built from the config, loaded through our checkpoint conversion and run in eval mode with the
+recorded hard negatives.
 Every loss, tensor and gradient is printed beside the reference's; the exit status is 1 on any miss.
 """
 from __future__ import annotations

@@ -9,12 +9,12 @@ Three layouts meet here (every key below is relative to the full model):
 - OURS: timm Swin keys without buffers, ``text_encoder.bert.*`` (our ``TextEncoder``, no MLM head), no position-id
   buffers, the same head names as the reference.
 
-``pretrain_to_task_reference`` applies the reference's fine-tuning load rules (spec-model-pretrain 2.2): it turns a
-pre-training state dict into the task's reference layout. ``task_reference_to_ours`` / ``ours_to_task_reference``
-only rename between the reference task layout and ours. ``convert_for_task`` detects the layout of any input (our own
-pre-training and task checkpoints included: they are first brought to the reference layout) and chains the right
-steps. Every key that is removed on purpose is listed, with the reason, in a ``ConversionReport``;
-nothing disappears silently.
+``pretrain_to_task_reference`` applies the reference's fine-tuning load rules (docs/model.md#fine-tuning-rules): it
+turns a pre-training state dict into the task's reference layout. ``task_reference_to_ours`` /
+``ours_to_task_reference`` only rename between the reference task layout and ours. ``convert_for_task`` detects the
+layout of any input (our own pre-training and task checkpoints included: they are first brought to the reference
+layout) and chains the right steps. Every key that is removed on purpose is listed, with the reason, in a
+``ConversionReport``; nothing disappears silently.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Full-size fine-tuning models (Swin-B 384 + XLM-R-large-shaped encoder, meta device, no weights) against the
-released checkpoints' key manifests (../shared/docs/cclm-*-keys.tsv), and the pre-training -> task conversions
-applied to those manifests."""
+released checkpoints' key manifests (cclm-*-keys.tsv, in the development checkout's ../shared/docs), and the
+pre-training -> task conversions applied to those manifests."""
 import pytest
 import torch
 from transformers import XLMRobertaConfig
@@ -14,7 +14,7 @@ from models.vqa import CCLMVQA
 MODELS = {"retrieval": CCLMRetrieval, "classification": CCLMClassification, "nlvr": CCLMNLVR, "vqa": CCLMVQA}
 SWIN_BUFFERS = ("relative_position_index", "attn_mask")
 POSITION_IDS = ("text_encoder.embeddings.position_ids", "text_decoder.bert.embeddings.position_ids")
-# Heads the pre-training checkpoint cannot provide (spec-model-pretrain 2.2: new, in init_params).
+# Heads the pre-training checkpoint cannot provide (docs/model.md#fine-tuning-rules: new, in init_params).
 NEW_HEADS = {"retrieval": set(), "vqa": set(),
              "classification": {"cls_head.0.weight", "cls_head.0.bias", "cls_head.1.weight", "cls_head.1.bias",
                                 "cls_head.3.weight", "cls_head.3.bias"}}

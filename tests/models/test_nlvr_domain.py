@@ -1,5 +1,5 @@
-"""NLVR domain pre-training model (spec-finetune 6.6): the arrangement draw, the loss against a hand computation,
-checkpoint paths (CCLM pre-training -> domain model -> NLVR) and the full-size key manifest."""
+"""NLVR domain pre-training model (docs/model.md#nlvr-domain-pre-training): the arrangement draw, the loss against a
+hand computation, checkpoint paths (CCLM pre-training -> domain model -> NLVR) and the full-size key manifest."""
 import math
 
 import pytest

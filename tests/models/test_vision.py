@@ -121,7 +121,8 @@ def test_grad_checkpointing_gives_the_same_gradients(images):
 @pytest.mark.parametrize("config", [load_vision_config("swin_base_224"), load_vision_config("swin_base_480"),
                                     dict(TINY, image_res=96, window_size=6)], ids=["224", "480", "clamped"])
 def test_stage_windows_follow_the_reference(config):
-    """A stage no larger than the window uses one window of the stage's size and no shift (spec 1.1)."""
+    """A stage no larger than the window uses one window of the stage's size and no shift
+    (docs/model.md#vision-encoder)."""
     with torch.device("meta"):
         encoder = SwinVisionEncoder(config)
     size = config["image_res"] // 4

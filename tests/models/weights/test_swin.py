@@ -19,7 +19,7 @@ MANIFEST_RES = {"pretrain": 224, "nlvr-domain-pretrain": 224, "retrieval": 384, 
 # --------------------------------------------------------------------------------------------- helpers
 
 def reference_layout(config, with_buffers=True, with_head=False):
-    """Key -> shape of the reference/official Swin state dict, written out from the spec's table (section 2.1)."""
+    """Key -> shape of the reference/official Swin state dict (docs/model.md#swin-layouts), written out by hand."""
     keys = {"patch_embed.proj.weight": (config["embed_dim"], 3, 4, 4), "patch_embed.proj.bias": (config["embed_dim"],),
             "patch_embed.norm.weight": (config["embed_dim"],), "patch_embed.norm.bias": (config["embed_dim"],)}
     size = config["image_res"] // 4
@@ -57,7 +57,8 @@ def random_reference_state(config, seed=0, **layout):
 
 
 def source_axis(src_size, dst_size):
-    """Non-uniform source offsets of the reference interpolation, derived independently from spec 1.1."""
+    """Non-uniform source offsets of the reference interpolation, derived independently from
+    docs/model.md#bias-table-interpolation."""
     n, target = src_size // 2, dst_size // 2
     lo, hi = 1.01, 1.5
     while hi - lo > 1e-6:
@@ -181,7 +182,7 @@ def test_layout_errors():
         swin_ours_to_reference({"layers.0.downsample.norm.weight": torch.zeros(1)})
 
 
-def test_ours_to_reference_with_buffers_matches_the_spec_layout(tiny_encoder):
+def test_ours_to_reference_with_buffers_matches_the_reference_layout(tiny_encoder):
     exported = swin_ours_to_reference(tiny_encoder.state_dict(), encoder=tiny_encoder)
     assert {k: tuple(v.shape) for k, v in exported.items()} == reference_layout(TINY, with_buffers=True)
 
