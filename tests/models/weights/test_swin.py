@@ -7,9 +7,9 @@ from timm.models.swin_transformer import checkpoint_filter_fn
 from models.vision import SwinVisionEncoder, build_vision_encoder, load_vision_config
 from models.weights.swin import (interpolate_relative_position_bias_table, load_official_swin,
                                  swin_ours_to_reference, swin_reference_to_ours)
+# the tiny Swin config and fixtures (tiny_encoder, images) of the encoder tests
+from tests.models.test_vision import TINY, images, tiny_encoder  # noqa: F401
 
-TINY = {"image_res": 224, "window_size": 7, "embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 4, 8],
-        "vision_width": 128}
 TINY_384 = dict(TINY, image_res=384, window_size=12)
 # manifest -> image resolution of its Swin-B (pre-training runs at 224, every fine-tuning model at 384)
 MANIFEST_RES = {"pretrain": 224, "nlvr-domain-pretrain": 224, "retrieval": 384, "classification": 384,
@@ -77,17 +77,6 @@ def table_from(fn, axis, heads=1):
 
 def asymmetric_cubic(dy, dx, head):
     return 0.02 * dy ** 3 - 0.05 * dx ** 2 * dy + 0.3 * dx + 0.1 * dy - 0.01 * dx ** 3 + head
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder():
-    torch.manual_seed(0)
-    return SwinVisionEncoder(TINY).eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
 
 
 def test_interpolation_same_size_is_identity():
