@@ -21,71 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
-
 from dataset.fewshot import resolve_fewshot
-from dataset.gqa import (GQAEvalDataset, GQATrainDataset, collate_gqa_eval, collate_gqa_train, read_answer_list,
-                         read_gqa_questions)
+from dataset.gqa import GQAEvalDataset, GQATrainDataset, read_answer_list, read_gqa_questions
 from dataset.transforms import build_transform
 from tasks.files import as_list, existing_file, language_files
 from tasks.runner import run_script, run_task
-from tasks.understanding import EvalSet, TaskData, UnderstandingTask, gather_by_key, tokenize
-from utils.engine import move_to_device
-from utils.metrics import vqa_exact_match
+from tasks.understanding import EvalSet, TaskData, UnderstandingTask
+from tasks.vqa import AnswerRanking, VQAEvalCollate, VQATrainCollate
+
 TRAIN_MAX_WORDS, EVAL_MAX_WORDS = 30, 50  # pre_question lengths of the reference
-
-
-class GQATrainCollate:
-    """Training items -> the VQA model's keyword batch (questions truncated at ``max_tokens``; answers are not)."""
-
-    def __init__(self, tokenizer, max_tokens: int):
-        self.tokenizer, self.max_tokens = tokenizer, max_tokens
-
-    def __call__(self, batch):
-        images, questions, answers, weights, counts = collate_gqa_train(batch)
-        question_ids, question_atts = tokenize(self.tokenizer, questions, self.max_tokens)
-        answer_ids, answer_atts = tokenize(self.tokenizer, answers)
-        return {"image": images, "question_ids": question_ids, "question_atts": question_atts,
-                "answer_ids": answer_ids, "answer_atts": answer_atts, "weights": weights, "answer_counts": counts}
-
-
-class GQAEvalCollate:
-    """Evaluation items -> images, questions (padded to the longest, not truncated) and their question ids."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch):
-        images, questions, question_ids = collate_gqa_eval(batch)
-        ids, atts = tokenize(self.tokenizer, questions)
-        return {"image": images, "question_ids": ids, "question_atts": atts, "question_id": question_ids}
-
-
-class AnswerRanking:
-    """Scores a loader: exact-match accuracy (%) of the top-ranked answer of the answer list."""
-
-    def __init__(self, answers: Sequence[str], tokenizer, k: int):
-        self.answers, self.k = list(answers), int(k)
-        self.answer_ids, self.answer_atts = tokenize(tokenizer, self.answers)
-        self.last_predictions: dict | None = None  # of the last loader scored (written as prediction files)
-
-    @torch.no_grad()
-    def predictions(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, str]:
-        """Question id -> predicted answer, over every process's shard."""
-        answer_ids, answer_atts = self.answer_ids.to(device), self.answer_atts.to(device)
-        pairs = []
-        for batch in loader:
-            batch = move_to_device(batch, device)
-            question_ids = batch.pop("question_id")
-            ranked, _ = model.predict_answers(**batch, answer_ids=answer_ids, answer_atts=answer_atts, k=self.k)
-            pairs += zip(question_ids, (self.answers[i] for i in ranked[:, 0].tolist()))
-        return gather_by_key(pairs)
-
-    def __call__(self, model: nn.Module, loader: DataLoader, device: torch.device) -> float:
-        self.last_predictions = self.predictions(model, loader, device)
-        return vqa_exact_match(self.last_predictions, loader.dataset.references)
 
 
 def read_questions(root: Path, paths: Sequence[str | Path], key: str) -> tuple[list, list[Path]]:
@@ -98,7 +42,7 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
     """English GQA train/valid and every xGQA test language, or the few-shot files of ``--fewshot <lang>``."""
     res, image_root = int(config["image_res"]), Path(root) / config["vqa_root"]
     test_transform = build_transform("test", res)
-    eval_collate = GQAEvalCollate(tokenizer)
+    eval_collate = VQAEvalCollate(tokenizer)
 
     def eval_set(paths, key):
         questions, files = read_questions(root, paths, key)
@@ -121,7 +65,7 @@ def build_data(config: dict, root: Path, tokenizer, env) -> TaskData:
     answers = read_answer_list(existing_file(root, config["answer_list"], "answer_list"))
     scored = {lang: sum(r is not None for r in s.dataset.references.values()) for lang, s in tests.items()}
     return TaskData(tests=tests, selection=selection, train=train,
-                    train_collate=GQATrainCollate(tokenizer, int(config["max_tokens"])), protocol=protocol,
+                    train_collate=VQATrainCollate(tokenizer, int(config["max_tokens"])), protocol=protocol,
                     facts={"answers": len(answers), "k_test": int(config["k_test"]), "scored_questions": scored},
                     score=AnswerRanking(answers, tokenizer, int(config["k_test"])))
 

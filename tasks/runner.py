@@ -27,7 +27,7 @@ from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
 from tasks.cli import HANDOFF_ENV, build_config, task_parser
 from tasks.environment import load_starting_weights, prepare_text_encoder, resolve_data_root
-from tasks.registry import TaskInfo, task_info, tasks_of_script
+from tasks.registry import TaskInfo, tasks_of_script
 from utils.config import dump_config
 from utils.dist import DistEnv, barrier, cleanup_distributed, init_distributed, world_info_from_env
 from utils.engine import Trainer, seed_everything
@@ -183,12 +183,15 @@ def write_task_results(run: Run, rows: Mapping, primary: str, title: str, note: 
                          row_name=row_name)
 
 
-def start_run(script: str, argv: Iterable[str] | None, description: str) -> Run:
-    """Parse the flags, resolve the config, start the process group, seed, set up logging, save config.yaml."""
-    served = tasks_of_script(script)
+def start_run(task: str | TaskInfo, argv: Iterable[str] | None, description: str) -> Run:
+    """Parse the flags, resolve the config, start the process group, seed, set up logging, save config.yaml.
+
+    ``task``: the script's file name (its tasks come from the registry) or the task's own ``TaskInfo`` (a benchmark
+    not in the registry)."""
+    served = [task] if isinstance(task, TaskInfo) else tasks_of_script(task)
     args = task_parser(served[0], [t.name for t in served], description).parse_args(
         None if argv is None else list(argv))
-    info = task_info(args.task)
+    info = next(t for t in served if t.name == args.task)
     _, _, world_size = world_info_from_env()
     config = build_config(info, args, world_size)
     # run.py --dist cpu sets CCLM_DEVICE so that a GPU machine still runs the CPU job it was asked for.
@@ -216,9 +219,10 @@ def prepare_inputs(kind: TaskKind, run: Run) -> None:
     run.tokenizer = load_tokenizer(run.config["text_encoder"])
 
 
-def run_task(kind: TaskKind, script: str, argv: Iterable[str] | None = None) -> dict:
-    """The whole run of a task script; returns the results.json payload on rank 0 ({} on the other ranks)."""
-    run = start_run(script, argv, kind.title)
+def run_task(kind: TaskKind, task: str | TaskInfo, argv: Iterable[str] | None = None) -> dict:
+    """The whole run of a task script (``task``: its file name, or its own ``TaskInfo``); returns the results.json
+    payload on rank 0 ({} on the other ranks)."""
+    run = start_run(task, argv, kind.title)
     # Collates tokenise in loader workers forked after the main process has tokenised (e.g. xGQA's answer list).
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
