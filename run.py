@@ -130,10 +130,18 @@ def script_args(args: argparse.Namespace, info: TaskInfo) -> list[str]:
     return ["--task", info.name, "--config", config, *rest]
 
 
+def threads_per_process(launch: list[str]) -> str:
+    """OMP_NUM_THREADS for each process: the machine's cores shared out (torchrun would set 1 and say so)."""
+    nproc = next((int(a.split("=", 1)[1]) for a in launch if a.startswith("--nproc-per-node=")), 1)
+    return str(max(1, (os.cpu_count() or 1) // max(1, nproc)))
+
+
 def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The full torchrun command (argument list) and the environment variables it adds."""
     info = TASKS[args.task]
     launch, env = launcher_args(args)
+    if "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = threads_per_process(launch)
     return [sys.executable, "-m", "utils.launch", *launch, info.script, *script_args(args, info)], env
 
 

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import huggingface_hub
+
 from dataset.synthetic import ensure_world
 from dataset.tokenizer import check_xlmr_layout, load_tokenizer
 from utils.config import ConfigError
@@ -42,15 +44,38 @@ def resolve_data_root(config: dict) -> Path:
     return Path(root).expanduser().resolve()
 
 
+HUB_TIMEOUT_SECONDS = 5.0   # one attempt at the hub; a run never waits on its retries
+
+
+def resolve_text_encoder(name: str, data_root: Path) -> str:
+    """The local folder ``name`` names (under ``data_root``, else as given), or a hub id the hub (or its local
+    cache) can provide now. Anything else fails at once, in one line naming the config key and what to do."""
+    for candidate in (Path(data_root) / name, Path(name).expanduser()):
+        if candidate.is_dir():
+            return str(candidate)
+    where = f"config key 'text_encoder': {name!r} is no folder under data_root ({data_root}) or the working directory"
+    try:
+        if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):  # a path: cached
+            return name
+        if huggingface_hub.constants.HF_HUB_OFFLINE:
+            raise OSError("the hub is switched off (HF_HUB_OFFLINE) and its cache does not hold it")
+        huggingface_hub.HfApi().model_info(name, timeout=HUB_TIMEOUT_SECONDS)  # one request, no retries
+    except Exception as e:  # any hub failure: bad id, no network, not found, timeout
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{where}, and the model hub cannot provide it ({reason[:200]}). Point it at a local "
+                          "folder holding config.json and the tokenizer files: --opts text_encoder=PATH (relative to "
+                          "data_root), or download it where a hub is reachable, e.g. `huggingface-cli download "
+                          "xlm-roberta-large --local-dir data/xlm-roberta-large`") from None
+    return name
+
+
 def prepare_text_encoder(config: dict, data_root: Path) -> str:
     """The text encoder folder or hub id the model and tokenizer load from.
 
     With ``text_config`` (a dict of XLM-R config values) a weightless folder is made: that config, with the vocabulary
     size of the tokenizer found at ``text_encoder``, next to a copy of the tokenizer. Used by the tiny configs.
     """
-    name = str(config["text_encoder"])
-    candidate = data_root / name
-    source = str(candidate) if candidate.exists() else name
+    source = resolve_text_encoder(str(config["text_encoder"]), data_root)
     text_config = config.get("text_config")
     if not text_config:
         return source

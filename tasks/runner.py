@@ -28,7 +28,7 @@ from models.factory import create_model
 from tasks.cli import HANDOFF_ENV, build_config, task_parser
 from tasks.environment import load_starting_weights, prepare_text_encoder, resolve_data_root
 from tasks.registry import TaskInfo, tasks_of_script
-from utils.config import dump_config
+from utils.config import ConfigError, dump_config
 from utils.dist import DistEnv, barrier, cleanup_distributed, init_distributed, world_info_from_env
 from utils.engine import Trainer, seed_everything
 from utils.errors import USER_ERROR_EXIT_CODE, UserError
@@ -205,12 +205,22 @@ def start_run(task: str | TaskInfo, argv: Iterable[str] | None, description: str
     if env.is_main:
         dump_config(config, output_dir / "config.yaml")
     output_mirror(config.get("output_hdfs"), output_dir)  # --output_hdfs: checked now, synced by engine and results
-    logger.info("task %s: rank %d/%d on %s, output %s", info.name, env.rank, env.world_size, env.device, output_dir)
+    logger.info("task %s: %d process(es) on %s%s, precision %s; this is rank %d; output %s", info.name,
+                env.world_size, env.device.type, f" ({env.backend})" if env.backend else "",
+                resolve_precision(config, env.device), env.rank, output_dir)
     return Run(info, config, env, output_dir, args)
+
+
+def check_given_files(config: Mapping) -> None:
+    """The files the flags name must exist before any work starts (not after the data is read)."""
+    path = config.get("checkpoint")
+    if path and "://" not in str(path) and not Path(path).is_file():
+        raise FileNotFoundError(f"--checkpoint {path}: no such file")
 
 
 def prepare_inputs(kind: TaskKind, run: Run) -> None:
     """The data root, the kind's one-time preparation (rank 0; the others wait), the text encoder and tokenizer."""
+    check_given_files(run.config)
     run.root = resolve_data_root(run.config)
     if run.env.is_main:
         kind.prepare(run)
@@ -252,6 +262,8 @@ def run_script(main: Callable[[list], object]) -> None:
     try:
         main(sys.argv[1:])
     except (UserError, FileNotFoundError) as e:
-        logger.error("%s: %s", type(e).__name__, e)
+        # every process reads the same config: its errors are said once, by rank 0; data errors by whichever rank
+        if not (isinstance(e, ConfigError) and int(os.environ.get("RANK", "0")) != 0):
+            logger.error("%s: %s", type(e).__name__, e)
         sys.exit(USER_ERROR_EXIT_CODE)
     sys.exit(0)

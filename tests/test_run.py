@@ -101,3 +101,34 @@ def test_nlvr_domain_runs_the_domain_script_with_its_config(capsys):
     out = dry(capsys, "--task", "nlvr_domain", "--dist", "cpu", "--checkpoint", "/ckpt/cclm.th", "--fewshot", "id")
     assert "NLVR_pretrain.py --task nlvr_domain --config configs/nlvr/nlvr_domain.yaml" in out
     assert "--checkpoint /ckpt/cclm.th" in out and "--fewshot id" in out  # phase 2 takes --fewshot from the script
+
+
+def test_without_dist_a_run_uses_every_gpu_or_else_the_cpu(capsys, monkeypatch):
+    monkeypatch.setattr(run, "_local_gpu_count", lambda: 2)
+    out = dry(capsys, "--task", "xvnli")
+    assert "--nproc-per-node=2" in out and "CCLM_DEVICE" not in out
+    monkeypatch.setattr(run, "_local_gpu_count", lambda: 0)
+    out = dry(capsys, "--task", "xvnli")
+    assert "CCLM_DEVICE=cpu" in out and "--nproc-per-node=1" in out
+
+
+def test_every_task_flag_is_accepted_and_passed_on(capsys, tmp_path):
+    from tasks.cli import FLAGS
+
+    values = {"--bs": "8", "--seed": "3", "--epoch": "2", "--lr": "0.5", "--device": "cpu", "--opts": "a=1",
+              "--resume": "latest"}
+    argv = []
+    for flag in FLAGS:
+        argv += [flag.name] if flag.is_switch else [flag.name, values.get(flag.name, str(tmp_path / flag.dest))]
+    out = dry(capsys, "--task", "xflickrco", "--dist", "cpu", *argv)
+    for flag in FLAGS:
+        assert f" {flag.name}" in out, flag.name
+
+
+def test_task_help_shows_the_task_and_its_flags(capsys):
+    with pytest.raises(SystemExit) as exited:
+        run.main(["--task", "gqa", "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "task gqa: xGQA visual question answering" in out and "configs/gqa/gqa_fewshot.yaml" in out
+    assert "--fewshot FEWSHOT" in out and "few-shot spec" in out and "exact-match accuracy" in out.lower()
