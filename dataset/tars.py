@@ -51,7 +51,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from dataset.shards import BadDataError, BadRecordError, ShardedSource, file_order, ranges_between
 from dataset.sources import DataPath, list_data_files, open_binary, read_many
-from utils.dist import all_gather_object
+from utils.dist import all_gather_object, is_dist
 
 logger = logging.getLogger(__name__)
 
@@ -316,13 +316,15 @@ def shard_sample_counts(shards: Sequence[DataPath], skip_bad_samples: bool, rank
     split over the ranks (every rank must call this, with the same shards)."""
     sidecars = read_many([stats_path(s) for s in shards])
     counts = {str(s): parse_stats(sidecars[stats_path(s)], stats_path(s)) for s in shards}
-    missing = sorted({name for gathered in all_gather_object([k for k, v in counts.items() if v is None])
-                      for name in gathered})
+    missing = [k for k, v in counts.items() if v is None]
+    distributed = world_size > 1 and is_dist()
+    gather = all_gather_object if distributed else (lambda obj: [obj])  # the ranks' collective, or this process
+    missing = sorted({name for gathered in gather(missing) for name in gathered})
     if missing:
         logger.warning("%d of %d tar shards have no _stats.json; reading them to count their samples (write the "
                        "counts once with `python3 -m dataset.prepare stats ...`)", len(missing), len(shards))
-        mine = {name: count_samples(name) for name in missing[rank::world_size]}
-        for scanned in all_gather_object(mine):
+        mine = {name: count_samples(name) for name in (missing[rank::world_size] if distributed else missing)}
+        for scanned in gather(mine):
             for name, (count, error) in scanned.items():
                 if error and not skip_bad_samples:
                     raise BadDataError(f"{name}: unreadable tar after {count} samples ({error}); "

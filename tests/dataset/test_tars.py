@@ -116,6 +116,7 @@ def test_counts_come_from_stats_files_or_a_scan(tmp_path, caplog):
     (tmp_path / "d" / "shard-1-00000_stats.json").unlink()
     assert ShardedTars(paths).counts == [3, 4]
     assert "1 of 2 tar shards have no _stats.json" in caplog.text
+    assert ShardedTars(paths, rank=1, world_size=2).counts == [3, 4]  # no process group: this process counts all
     (tmp_path / "d" / "shard-0-00000_stats.json").write_text('{"successes": 2}')  # stale: the shard holds 3
     with pytest.raises(BadDataError, match=r"shard-0-00000.tar holds more than the 2 samples .* stale"):
         list(ShardedTars(paths, shuffle=False).role_records(0, 0, 1))
