@@ -13,6 +13,15 @@ import sys
 import time
 
 
+def forget_s3_clients() -> None:
+    """Drop fsspec's cached S3 file systems: a cached one keeps the endpoint it was created with."""
+    try:
+        import s3fs
+    except ImportError:
+        return
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 class LocalS3:
     """moto's S3 server in a subprocess; ``env`` is what a client needs (fake credentials, the endpoint URL)."""
 
@@ -53,6 +62,7 @@ class LocalS3:
         for key, value in self.env.items():
             self._saved_env.setdefault(key, os.environ.get(key))
             os.environ[key] = value
+        forget_s3_clients()
         return self
 
     def stop(self) -> None:
@@ -63,6 +73,7 @@ class LocalS3:
             else:
                 os.environ[key] = value
         self._saved_env.clear()
+        forget_s3_clients()
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

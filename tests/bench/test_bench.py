@@ -121,3 +121,29 @@ def test_gpu_script_saves_each_row_as_it_goes(tmp_path, monkeypatch):
     assert seen[1] == [(2, "ok"), (4, "running")]
     final = json.loads((tmp_path / "gpu_pretrain_step.json").read_text())["rows"]  # written by the finally
     assert [(r["batch"], r["status"]) for r in final] == [(2, "ok"), (4, "running")]
+
+
+def test_data_sources_gpu_estimate_follows_the_flop_formula():
+    sources, gpu = load("data_sources"), load("gpu_pretrain_step")
+    from models.vision import load_vision_config
+
+    vision = load_vision_config("swin_base_224")
+    flops = {k: gpu.train_step_flops(k, 64, vision, 1024, 4096, 250002, 12, 6)["total"] for k in ("image", "para",
+                                                                                               "region")}
+    estimate = sources.gpu_images_per_second(64, 0.5)
+    seconds = (flops["para"] + (flops["image"] + flops["region"]) / 2) / (989.4e12 * 0.5)
+    assert estimate["iteration_s"] == pytest.approx(seconds)
+    assert estimate["images_per_s"] == pytest.approx((32 + gpu.region_images(64) / 2) / seconds)
+
+
+@pytest.mark.slow
+def test_data_sources_runs_on_a_local_s3_server(tmp_path, local_s3):
+    """The whole script at toy sizes (its own S3 server; the session's fixture skips it where moto is absent)."""
+    out = tmp_path / "data_sources.json"
+    assert load("data_sources").main(["--samples", "24", "--shard-size", "8", "--batch", "4", "--batches", "1",
+                                      "--rounds", "1", "--image-res", "64", "--source-size", "96",
+                                      "--json", str(out)]) == 0
+    result = __import__("json").loads(out.read_text())
+    assert [row["source"] for row in result["rows"]] == ["jsonl + base64, local", "tar, local",
+                                                         "tar, S3 (local moto server)"]
+    assert all(row["images_per_s"] > 0 for row in result["rows"]) and result["rows"][0]["x_vs_jsonl"] == 1
