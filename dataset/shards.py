@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -238,6 +239,14 @@ class ShardedSource:
             return shuffle_buffered(dealt, self.shuffle_buffer, rng)
         return dealt
 
+    def role_count(self, epoch: int, role: int, n_roles: int) -> int | None:
+        """The role's number of records in pass ``epoch`` when known without reading them (else None)."""
+        return None
+
+    def role_records_from(self, epoch: int, role: int, n_roles: int, start: int) -> Iterator:
+        """The role's records of pass ``epoch`` from its ``start``-th on (a reader that can jump overrides this)."""
+        return itertools.islice(self.role_records(epoch, role, n_roles), start, None)
+
 
 class ShardedJsonl(ShardedSource):
     """The records of a set of jsonl shards, split over ranks and worker roles per pass (see the module doc)."""
@@ -382,8 +391,7 @@ class ShardedJsonlDataset(IterableDataset):
         counter = BadRecordCounter(self.skip_bad_samples, self.max_bad_fraction, self.min_records_for_bad_check,
                                    f"{self.name} ({self.reader.describe()}, rank {self.reader.rank}, worker {worker})")
         while True:
-            records = self.reader.role_records(epoch, role, n_workers)
-            had_records, to_skip = yield from self._pass_batches(records, epoch, role, to_skip, counter)
+            had_records, to_skip = yield from self._pass_batches(epoch, role, n_workers, to_skip, counter)
             if not self.repeat:
                 return
             if not had_records:  # an endless stream would wait for this worker forever
@@ -392,19 +400,34 @@ class ShardedJsonlDataset(IterableDataset):
                                  f"{self.reader.world_size} ranks x {n_workers} workers")
             epoch += 1
 
-    def _pass_batches(self, records: Iterator[RawRecord], epoch: int, role: int, to_skip: int,
-                      counter: BadRecordCounter):
-        """Yield this role's batches of one pass after skipping ``to_skip``; return (any record?, still to skip)."""
-        records = iter(records)
-        first_raw: list[RawRecord] = []
-        skipped_batches = 0
-        while skipped_batches < to_skip:
-            chunk = [rec for _, rec in zip(range(self.batch_size), records)]
+    def _skip_batches(self, epoch: int, role: int, n_roles: int, to_skip: int) -> tuple[list, Iterator, int, int]:
+        """(the pass's first raw batch (the top-up pool of a resumed pass), the records after the skipped batches,
+        batches skipped, batches still to skip when the pass is shorter). A reader that knows the role's record count
+        jumps over them (dataset.tars without a shuffle buffer); otherwise the skipped records are read raw."""
+        count = self.reader.role_count(epoch, role, n_roles) if to_skip else None
+        if count is not None:
+            batches = math.ceil(count / self.batch_size)
+            if to_skip >= batches:
+                return [], iter(()), batches, to_skip - batches
+            first_raw = list(itertools.islice(self.reader.role_records(epoch, role, n_roles), self.batch_size))
+            return first_raw, self.reader.role_records_from(epoch, role, n_roles, to_skip * self.batch_size), \
+                to_skip, 0
+        records = iter(self.reader.role_records(epoch, role, n_roles))
+        first_raw: list = []
+        skipped = 0
+        while skipped < to_skip:
+            chunk = list(itertools.islice(records, self.batch_size))
             if not chunk:
-                return skipped_batches > 0, to_skip - skipped_batches
-            if skipped_batches == 0:
-                first_raw = chunk
-            skipped_batches += 1
+                return first_raw, records, skipped, to_skip - skipped
+            first_raw = first_raw or chunk
+            skipped += 1
+        return first_raw, records, skipped, 0
+
+    def _pass_batches(self, epoch: int, role: int, n_roles: int, to_skip: int, counter: BadRecordCounter):
+        """Yield this role's batches of one pass after skipping ``to_skip``; return (any record?, still to skip)."""
+        first_raw, records, skipped_batches, still = self._skip_batches(epoch, role, n_roles, to_skip)
+        if still:
+            return skipped_batches > 0, still
         batch_index, had_records, pool = skipped_batches, skipped_batches > 0, None
         batch: list = []
         for raw in records:

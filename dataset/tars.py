@@ -31,9 +31,11 @@ How a pass is split (by sample counts, so it balances whatever the number of sha
   (with fewer shards than R x W roles, several roles read the same shard's beginning).
   Within a role, samples keep stream order, or go through a ``shuffle_buffer`` seeded by (seed, epoch, rank, role).
 
-Batches, the top-up of a role's last batch, resume (a resumed role skips its consumed samples by reading them raw)
-and bad-sample counting are dataset.shards's ShardedJsonlDataset fed by :class:`ShardedTars`; a sample's randomness is
-seeded by (seed, source, pass, shard index, sample index in the shard).
+Batches, the top-up of a role's last batch, resume and bad-sample counting are dataset.shards's ShardedJsonlDataset
+fed by :class:`ShardedTars`; a sample's randomness is seeded by (seed, source, pass, shard index, sample index in the
+shard). A resumed role knows where its consumed samples end (the counts), so it reads only its pass's first batch
+(the top-up pool) and starts reading at the shard that holds its next sample; with a ``shuffle_buffer`` it reads the
+consumed samples raw (the buffer's output depends on all of them).
 """
 from __future__ import annotations
 
@@ -356,13 +358,28 @@ class ShardedTars(ShardedSource):
         self.counts = shard_sample_counts(self.files, skip_bad_samples, rank, world_size)
         self.total = sum(self.counts)
 
-    def rank_records(self, epoch: int, role: int = 0, n_roles: int = 1) -> Iterator[TarSample]:
-        """Role ``role``'s samples of pass ``epoch``: its contiguous piece of this rank's share, in stream order."""
-        order = file_order(len(self.files), self.seed, epoch, self.shuffle)
+    def piece(self, role: int, n_roles: int) -> tuple[int, int]:
+        """Role ``role``'s samples [start, end) in the pass's stream (this rank's share, cut in ``n_roles``)."""
         lo, hi = self.total * self.rank // self.world_size, self.total * (self.rank + 1) // self.world_size
-        start, end = role_piece(lo, hi, role, n_roles)
-        for index, first, last in ranges_between(self.counts, order, start, end):
+        return role_piece(lo, hi, role, n_roles)
+
+    def rank_records(self, epoch: int, role: int = 0, n_roles: int = 1, skip: int = 0) -> Iterator[TarSample]:
+        """Role ``role``'s samples of pass ``epoch`` (after its first ``skip``): its contiguous piece of this rank's
+        share, in stream order."""
+        order = file_order(len(self.files), self.seed, epoch, self.shuffle)
+        start, end = self.piece(role, n_roles)
+        for index, first, last in ranges_between(self.counts, order, min(start + skip, end), end):
             yield from shard_piece(self.files[index], index, self.counts[index], first, last, self.layout)
+
+    def role_count(self, epoch: int, role: int, n_roles: int) -> int:
+        start, end = self.piece(role, n_roles)
+        return end - start
+
+    def role_records_from(self, epoch: int, role: int, n_roles: int, start: int) -> Iterator[TarSample]:
+        """From the role's ``start``-th sample on; without a shuffle buffer the shards before it are not read."""
+        if self.shuffle and self.shuffle_buffer > 1:  # the buffer's output depends on everything before
+            return super().role_records_from(epoch, role, n_roles, start)
+        return self.rank_records(epoch, role, n_roles, skip=start)
 
 
 # ------------------------------------------------------------------------------------------------- writing

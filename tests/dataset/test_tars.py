@@ -234,3 +234,18 @@ def test_shards_on_s3_two_ranks_two_workers(tmp_path, s3_bucket):
         seen += [i for batch in loader for i in batch]
     assert sorted(seen) == list(range(total))
     assert str(ShardedTars(f"{s3_bucket}/shards/", 0, 1).files[0]) == f"{s3_bucket}/shards/shard-0-00000.tar"
+
+
+def test_a_resumed_role_jumps_over_the_shards_it_had_consumed(tmp_path):
+    import itertools
+
+    paths, _ = write_tar_shards(tmp_path / "d", [4, 4, 4, 4])
+    reader = ShardedTars(paths, seed=0, shuffle=False)
+    for start in (0, 3, 4, 9, 16):
+        assert ids_of(reader.role_records_from(0, 0, 1, start)) == ids_of(
+            itertools.islice(reader.role_records(0, 0, 1), start, None))
+    full = list(ShardedJsonlDataset(ShardedTars(paths, shuffle=False), take_id, as_list, 2))
+    resumed = ShardedJsonlDataset(ShardedTars(paths, shuffle=False), take_id, as_list, 2)
+    resumed.set_position(0, 5)  # batch 5 of 8: samples 10.. in shard 2; shard 1 is never opened again
+    paths[1].rename(paths[1].with_suffix(".gone"))
+    assert list(resumed) == full[5:]
