@@ -1,18 +1,36 @@
-"""The checked-reading core every annotation reader uses: errors that name the file and line, and field checks.
+"""The checked-reading layer every annotation reader uses (docs/data-formats.md#checked-reading).
 
-:func:`iter_jsonl` yields the records of a JSON-lines file, :func:`read_json` a whole JSON document; :func:`require`,
-:func:`string_field` and :func:`record_key` check the fields of one record. Every failure is an
-:class:`AnnotationError` whose message starts with ``file:line`` (or ``file [item]``).
+* Parsing: JSON lines (:meth:`RecordReader.jsonl`, :func:`iter_jsonl`) and whole JSON documents
+  (:meth:`RecordReader.json`, :func:`read_json_records`, :func:`read_json`) with the 1-based physical line of every
+  record, a UTF-8 byte-order mark and CRLF line ends accepted, and a duplicate key or a non-JSON number (``NaN``,
+  ``Infinity``) an error.
+* Fields: :func:`require`, :func:`string_field`, :func:`string_list`, :func:`record_key`, :func:`integer_id` check one
+  record's fields against its format; :class:`ImageRoot` resolves an image path (symlinks followed) and refuses one
+  that leaves its root, before anything is opened.
+* Bad records: a :class:`RecordReader` raises the first bad record's :class:`AnnotationError` (``file:line: what``),
+  or, under a policy with ``skip_bad_samples`` (:func:`configure_reading`), logs it, counts it per file and leaves it
+  out, and raises :class:`BadDataError` once more than ``max_bad_fraction`` of a file's records were bad. The counts
+  of every file read in this process are :func:`read_report`.
 """
 from __future__ import annotations
 
+import bisect
+import contextlib
+import gc
 import gzip
 import json
+import logging
+import math
 import os
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
+from utils.config import ConfigError
 from utils.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
@@ -21,12 +39,300 @@ class AnnotationError(UserError, ValueError):
     """An annotation file is missing, malformed, or has a record the loaders cannot use (message names file/line)."""
 
 
+class BadRecordError(AnnotationError):
+    """A record that cannot be used; the message starts with ``file:line``."""
+
+    def __init__(self, message: str, where: Any = ""):
+        self.where = str(where) if where else ""
+        super().__init__(f"{self.where}: {message}" if self.where else message)
+
+
+class BadDataError(UserError, RuntimeError):
+    """Too many bad records were skipped."""
+
+
 def where(path: PathLike, line: int | str) -> str:
     """``file:line`` (or ``file [item]``) for error messages."""
     return f"{path}:{line}" if isinstance(line, int) else f"{path} [{line}]"
 
 
+# ---------------------------------------------------------------------------------------------------- strict JSON
+
+class _NotStrictJson(Exception):
+    """Valid to Python's json module but not to ours: a duplicate key or a non-JSON number."""
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _NotStrictJson(f"duplicate key {duplicate!r} in one object")
+    return record
+
+
+def _reject_constant(name: str):
+    raise _NotStrictJson(f"{name} is not a JSON number")
+
+
+_STRICT = json.JSONDecoder(object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant)
+_LENIENT = json.JSONDecoder()
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def parse_json_line(text: str | bytes) -> Any:
+    """The JSON value of one line (a ValueError says what is wrong: syntax, duplicate key, NaN, encoding)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"not UTF-8 text (byte {e.start})") from None
+    text = text.lstrip("\ufeff").strip()
+    try:
+        value, end = _STRICT.raw_decode(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON ({e.msg}, column {e.colno})") from None
+    except _NotStrictJson as e:
+        raise ValueError(str(e)) from None
+    if end != len(text):
+        raise ValueError(f"malformed JSON (extra data, column {end + 1})")
+    return value
+
+
+class _Source:
+    """A document's text and the 1-based line of any position in it."""
+
+    def __init__(self, path: PathLike, text: str):
+        self.path, self.text = path, text
+        self._newlines: list[int] | None = None
+
+    def line(self, pos: int) -> int:
+        if self._newlines is None:
+            self._newlines = [m.start() for m in re.finditer("\n", self.text)]
+        return bisect.bisect_left(self._newlines, pos) + 1
+
+    def at(self, pos: int) -> str:
+        return where(self.path, self.line(pos))
+
+
+@dataclass(slots=True)
+class JsonItem:
+    """One record of a JSON document: its key (object) or index (list), the line where it starts, its value, and
+    what makes it unusable (a duplicate key or non-JSON number inside it; ``duplicate_of``: the line of the first
+    item with the same key)."""
+
+    key: str | int
+    line: int
+    value: Any = None
+    error: tuple[int, str] | None = None  # (line, what)
+    duplicate_of: int | None = None
+
+
+@dataclass
+class JsonRecords:
+    """The records of a JSON document: the items of its top-level list or object (``form``)."""
+
+    path: str
+    form: str  # "list" or "object"
+    items: list[JsonItem] = field(default_factory=list)
+    line: int = 1  # where the list or object starts
+
+
+class _Walker:
+    """Walks a document's record level in Python (for the lines); decodes each record with the C decoder."""
+
+    def __init__(self, source: _Source):
+        self.src, self.text = source, source.text
+
+    def skip(self, pos: int) -> int:
+        return _WHITESPACE.match(self.text, pos).end()
+
+    def fail(self, pos: int, message: str):
+        raise AnnotationError(f"{self.src.at(min(pos, len(self.text)))}: malformed JSON ({message})")
+
+    def expect(self, pos: int, chars: str) -> None:
+        if pos >= len(self.text):
+            self.fail(pos, f"expected {' or '.join(map(repr, chars))}, but the file ends")
+        if self.text[pos] not in chars:
+            self.fail(pos, f"expected {' or '.join(map(repr, chars))}, found {self.text[pos]!r}")
+
+    def decode(self, pos: int) -> tuple[Any, int, tuple[int, str] | None]:
+        """(value, end, strictness error) of the value at ``pos``; a syntax error ends the walk."""
+        try:
+            value, end = _STRICT.raw_decode(self.text, pos)
+            return value, end, None
+        except json.JSONDecodeError as e:
+            self.fail(e.pos, f"{e.msg}, column {self.column(e.pos)}")
+        except _NotStrictJson:
+            value, end = _LENIENT.raw_decode(self.text, pos)
+            return value, end, self.first_strictness_error(pos)
+
+    def column(self, pos: int) -> int:
+        return pos - self.text.rfind("\n", 0, pos)
+
+    def first_strictness_error(self, pos: int) -> tuple[int, str]:
+        """(line, what) of the first duplicate key or non-JSON number of the value at ``pos``."""
+        found: list[tuple[int, str]] = []
+
+        def visit(pos: int) -> int:
+            pos = self.skip(pos)
+            char = self.text[pos]
+            if char in "[{":
+                keys: dict[str, int] = {}
+                pos = self.skip(pos + 1)
+                closing = "]" if char == "[" else "}"
+                while self.text[pos] != closing:
+                    if char == "{":
+                        key, key_end = _LENIENT.raw_decode(self.text, pos)
+                        if key in keys and not found:
+                            found.append((self.src.line(pos), f"duplicate key {key!r} (first at line {keys[key]})"))
+                        keys.setdefault(key, self.src.line(pos))
+                        pos = self.skip(self.skip(key_end) + 1)
+                    pos = self.skip(visit(pos))
+                    if self.text[pos] == ",":
+                        pos = self.skip(pos + 1)
+                return pos + 1
+            value, end = _LENIENT.raw_decode(self.text, pos)
+            if isinstance(value, float) and not math.isfinite(value) and not found:
+                found.append((self.src.line(pos), f"{self.text[pos:end]} is not a JSON number"))
+            return end
+
+        visit(pos)
+        return found[0] if found else (self.src.line(pos), "not strict JSON")
+
+    def items(self, pos: int, form: str) -> tuple[list[JsonItem], int]:
+        """The items of the list or object starting at ``pos``, and the position after it (a tight loop: GQA's
+        training file has about a million records)."""
+        text, skip, decode, line = self.text, _WHITESPACE.match, _STRICT.raw_decode, self.src.line
+        is_object, closing = form == "object", "]" if form == "list" else "}"
+        items: list[JsonItem] = []
+        first_line: dict[str, int] = {}
+        pos = skip(text, pos + 1).end()
+        if text.startswith(closing, pos):
+            return items, pos + 1
+        while True:
+            start = pos
+            if is_object:
+                if not text.startswith('"', pos):
+                    self.expect(pos, '"')
+                key, pos = self.decode(pos)[:2]
+                pos = skip(text, pos).end()
+                if not text.startswith(":", pos):
+                    self.expect(pos, ":")
+                pos = skip(text, pos + 1).end()
+            else:
+                key = len(items)
+            try:
+                value, end = decode(text, pos)
+                error = None
+            except (json.JSONDecodeError, _NotStrictJson):
+                value, end, error = self.decode(pos)
+            item = JsonItem(key, line(start), value, error)
+            if is_object:
+                item.duplicate_of = first_line.get(key)
+                first_line.setdefault(key, item.line)
+            items.append(item)
+            pos = skip(text, end).end()
+            if text.startswith(",", pos):
+                pos = skip(text, pos + 1).end()
+            elif text.startswith(closing, pos):
+                return items, pos + 1
+            else:
+                self.expect(pos, "," + closing)
+
+    def records(self, pos: int, under: tuple[str, ...]) -> tuple[JsonRecords, int]:
+        """The records at ``pos`` (after descending into the keys ``under``), and the position after the value."""
+        if self.text[pos] not in "[{":
+            value = self.decode(pos)[0]
+            raise AnnotationError(f"{self.src.at(pos)}: expected a list or an object of records, got "
+                                  f"{type(value).__name__} {value!r:.40}")
+        form = "list" if self.text[pos] == "[" else "object"
+        if not under:
+            items, end = self.items(pos, form)
+            return JsonRecords(str(self.src.path), form, items, self.src.line(pos)), end
+        self.expect(pos, "{")
+        found, pos = None, self.skip(pos + 1)
+        while pos < len(self.text) and self.text[pos] != "}":
+            self.expect(pos, '"')
+            key, pos = self.decode(pos)[:2]
+            pos = self.skip(pos)
+            self.expect(pos, ":")
+            pos = self.skip(pos + 1)
+            if key == under[0] and found is None:
+                found, pos = self.records(pos, under[1:])
+            else:
+                pos = self.decode(pos)[1]
+            pos = self.skip(pos)
+            self.expect(pos, ",}")
+            pos = self.skip(pos + 1) if self.text[pos] == "," else pos
+        self.expect(pos, "}")
+        if found is None:
+            raise AnnotationError(f"{self.src.path}: no top-level key {under[0]!r}")
+        return found, pos + 1
+
+
+def _document_text(path: Path) -> str:
+    """The file as text: UTF-8, a byte-order mark replaced by a space (positions and lines stay), gzip unpacked."""
+    if not path.is_file():
+        raise AnnotationError(f"annotation file not found: {path}")
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise AnnotationError(f"{where(path, line)}: not UTF-8 text (byte {e.start})") from None
+    return " " + text[1:] if text.startswith("\ufeff") else text
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Pause the cyclic garbage collector: it would rescan the growing list of records again and again (3x slower
+    on a million records); the records hold no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def read_json_records(path: PathLike, under: Iterable[str] = ()) -> JsonRecords:
+    """The records of a JSON document: the items of its top-level list or object (or of the list or object found by
+    following the keys ``under``), each with its 1-based line. A syntax error anywhere is an AnnotationError naming
+    its line; a duplicate key or non-JSON number inside a record marks that record (``JsonItem.error``)."""
+    path = Path(path)
+    walker = _Walker(_Source(path, _document_text(path)))
+    start = walker.skip(0)
+    if start >= len(walker.text):
+        raise AnnotationError(f"{where(path, walker.src.line(start))}: the file is empty (expected a JSON document)")
+    with _collector_paused():
+        records, end = walker.records(start, tuple(under))
+    end = walker.skip(end)
+    if end != len(walker.text):
+        walker.fail(end, "extra data after the JSON value")
+    return records
+
+
+def read_json(path: PathLike) -> Any:
+    """A whole JSON document (strict: a duplicate key or non-JSON number anywhere is an AnnotationError naming its
+    line, as is a syntax error)."""
+    path = Path(path)
+    walker = _Walker(_Source(path, _document_text(path)))
+    start = walker.skip(0)
+    if start >= len(walker.text):
+        raise AnnotationError(f"{where(path, walker.src.line(start))}: the file is empty (expected a JSON document)")
+    value, end, error = walker.decode(start)
+    if error:
+        raise AnnotationError(f"{where(path, error[0])}: {error[1]}")
+    end = walker.skip(end)
+    if end != len(walker.text):
+        walker.fail(end, "extra data after the JSON value")
+    return value
+
+
 def open_text(path: PathLike):
+    """A text file (``.gz``: unpacked) opened for reading, or an AnnotationError when it does not exist."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"annotation file not found: {path}")
@@ -35,12 +341,8 @@ def open_text(path: PathLike):
     return open(path, encoding="utf-8")
 
 
-def iter_jsonl(path: PathLike, with_offsets: bool = False) -> Iterator[tuple]:
-    """Yield ``(line_no, record)`` (or ``(line_no, byte_offset, record)``) for every non-blank line of a jsonl file.
-
-    Every record must be a JSON object; a malformed line raises AnnotationError naming the file and the line.
-    A missing final newline and trailing blank lines are accepted (IGLUE's ``wit/val_en.jsonl`` has no final newline).
-    """
+def jsonl_lines(path: PathLike) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line, byte offset, raw bytes) of every non-blank line of a JSON-lines file."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"annotation file not found: {path}")
@@ -48,26 +350,34 @@ def iter_jsonl(path: PathLike, with_offsets: bool = False) -> Iterator[tuple]:
         offset = 0
         for line_no, raw in enumerate(f, start=1):
             start, offset = offset, offset + len(raw)
-            text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
-            if not text:
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise AnnotationError(f"{path}:{line_no}: malformed JSON line ({e.msg}, column {e.colno})") from e
-            if not isinstance(record, dict):
-                raise AnnotationError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield (line_no, start, record) if with_offsets else (line_no, record)
+            if raw.strip():
+                yield line_no, start, raw
 
 
-def read_json(path: PathLike) -> Any:
-    """A whole JSON file; malformed JSON raises AnnotationError naming the file, line and column."""
-    with open_text(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise AnnotationError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno})") from e
+def parse_jsonl_record(raw: bytes | str, at: str) -> dict:
+    """The JSON object of one line (an AnnotationError naming ``at`` otherwise)."""
+    try:
+        record = parse_json_line(raw)
+    except ValueError as e:
+        raise AnnotationError(f"{at}: {e}") from None
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{at}: expected a JSON object, got {type(record).__name__}")
+    return record
 
+
+def iter_jsonl(path: PathLike, with_offsets: bool = False) -> Iterator[tuple]:
+    """Yield ``(line_no, record)`` (or ``(line_no, byte_offset, record)``) for every non-blank line of a jsonl file.
+
+    Every record must be a JSON object; a bad line raises AnnotationError naming the file and the line. A missing
+    final newline, blank lines, a byte-order mark and CRLF line ends are accepted.
+    """
+    path = Path(path)
+    for line_no, offset, raw in jsonl_lines(path):
+        record = parse_jsonl_record(raw, where(path, line_no))
+        yield (line_no, offset, record) if with_offsets else (line_no, record)
+
+
+# ---------------------------------------------------------------------------------------------------- fields
 
 def require(record: dict, keys: Iterable[str], at: str) -> None:
     """Raise AnnotationError naming ``at`` if ``record`` lacks any of ``keys``."""
@@ -76,11 +386,33 @@ def require(record: dict, keys: Iterable[str], at: str) -> None:
         raise AnnotationError(f"{at}: missing key(s) {missing}; the record has {sorted(record)}")
 
 
+def _kind(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.60}"
+
+
+def json_object(value: Any, at: str) -> dict:
+    """``value``, which must be a JSON object (an AnnotationError naming ``at`` otherwise)."""
+    if not isinstance(value, dict):
+        raise AnnotationError(f"{at}: expected a JSON object, got {_kind(value)}")
+    return value
+
+
 def string_field(record: dict, key: str, at: str) -> str:
     """``record[key]``, which must be a string (an AnnotationError naming ``at`` otherwise)."""
     value = record[key]
     if not isinstance(value, str):
-        raise AnnotationError(f"{at}: {key!r} must be a string, got {type(value).__name__} {value!r:.60}")
+        raise AnnotationError(f"{at}: {key!r} must be a string, got {_kind(value)}")
+    return value
+
+
+def string_list(record: dict, key: str, at: str, allow_null: bool = False) -> list:
+    """``record[key]``, which must be a non-empty list of strings (of strings or nulls with ``allow_null``): a lone
+    string is an error, not a one-item list."""
+    value = record[key]
+    allowed = (str, type(None)) if allow_null else str
+    if not isinstance(value, list) or not value or not all(isinstance(v, allowed) for v in value):
+        what = "strings or nulls" if allow_null else "strings"
+        raise AnnotationError(f"{at}: {key!r} must be a non-empty list of {what}, got {_kind(value)}")
     return value
 
 
@@ -90,3 +422,249 @@ def record_key(value: Any, at: str) -> str | int:
         raise AnnotationError(f"{at}: id {value!r} must be a string or an integer")
     return value
 
+
+def integer_id(value: Any, at: str, what: str = "id") -> str:
+    """An id that must be an integer, given as a JSON integer or a string of digits; returned as its digit string."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return value
+    raise AnnotationError(f"{at}: {what} {value!r} must be a non-negative integer (or a string of digits)")
+
+
+def file_name_field(value: Any, at: str, what: str) -> str:
+    """A value that names one file (an image id): a non-empty string or integer without a path separator."""
+    text = str(record_key(value, at))
+    if not text.strip() or "/" in text or "\\" in text or text in (".", "..") or "\x00" in text:
+        raise AnnotationError(f"{at}: {what} {value!r} must name a file (no path separator, not '.' or '..')")
+    return text
+
+
+class ImageRoot:
+    """An image folder: :meth:`resolve` turns an annotation's image path into the file to open, refusing a path that
+    leaves the folder (``..``, an absolute path elsewhere, a symlink pointing outside) before anything is opened."""
+
+    def __init__(self, root: PathLike, remember: bool = True):
+        self.root = Path(root)
+        self.real = os.path.realpath(self.root)
+        self._resolved: dict[str, str] | None = {} if remember else None  # name -> path (annotation files repeat)
+
+    def resolve(self, name: Any, at: str, must_exist: bool = False) -> str:
+        """The real path of ``name`` under the root (``must_exist``: the file must exist)."""
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            raise AnnotationError(f"{at}: an image path must be a non-empty string, got {name!r}")
+        path = self._resolved.get(name) if self._resolved is not None else None
+        if path is None:
+            path = os.path.realpath(os.path.join(self.real, name))
+            if path != self.real and not path.startswith(self.real.rstrip(os.sep) + os.sep):
+                raise AnnotationError(f"{at}: image path {name!r} leaves the image root {self.root} (it resolves to "
+                                      f"{path}); an annotation may only name files inside its image root")
+            if self._resolved is not None:
+                self._resolved[name] = path
+        if must_exist and not os.path.isfile(path):
+            raise AnnotationError(f"{at}: image file not found: {path}")
+        return path
+
+
+# ---------------------------------------------------------------------------------------------------- policy, report
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """What a bad record does: stop the run (default), or, with ``skip_bad_samples``, get logged, counted and left
+    out until more than ``max_bad_fraction`` of a file's records are bad."""
+
+    skip_bad_samples: bool = False
+    max_bad_fraction: float = 0.01
+
+    def __post_init__(self):
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
+
+
+_policy = ReadPolicy()
+
+
+def read_policy() -> ReadPolicy:
+    """This process's policy for bad records (set by :func:`configure_reading`)."""
+    return _policy
+
+
+def configure_reading(config: Mapping) -> ReadPolicy:
+    """Set this process's policy from a config's ``skip_bad_samples`` / ``max_bad_fraction`` and start a new read
+    report: the one call a run makes before it reads its annotation files."""
+    global _policy
+    try:
+        _policy = ReadPolicy(bool(config.get("skip_bad_samples", False)),
+                             float(config.get("max_bad_fraction", 0.01)))
+    except ValueError as e:
+        raise ConfigError(f"config 'max_bad_fraction': {e}") from None
+    _report.clear()
+    return _policy
+
+
+@dataclass
+class FileTally:
+    """The records read from one file and the bad ones skipped; raises once the bad fraction passes the bound."""
+
+    path: str
+    policy: ReadPolicy
+    read: int = 0
+    skipped: int = 0
+    first_error: str = ""
+
+    def reject(self, error: AnnotationError) -> None:
+        """A bad record: raise it, or (skipping) log and count it."""
+        if not self.policy.skip_bad_samples:
+            raise error
+        self.skipped += 1
+        self.first_error = self.first_error or str(error)
+        if self.skipped <= 10 or self.skipped % 1000 == 0:
+            logger.warning("skipped bad record %d of %s: %s", self.skipped, self.path, error)
+
+    def check(self) -> None:
+        """BadDataError when more than ``max_bad_fraction`` of the records read were bad."""
+        if self.skipped and self.skipped > self.policy.max_bad_fraction * self.read:
+            raise BadDataError(f"{self.path}: {self.skipped} of {self.read} records were bad "
+                               f"({self.skipped / self.read:.2%} > max_bad_fraction {self.policy.max_bad_fraction:.2%}"
+                               f"); the first: {self.first_error}")
+
+
+class ReadReport:
+    """Per file read in this process: ``{"read": records, "skipped": bad records left out}``, and counts of other
+    events worth reporting (e.g. ``boxes_outside_image``)."""
+
+    def __init__(self):
+        self.tallies: dict[str, FileTally] = {}
+        self.events: dict[str, dict[str, int]] = {}
+
+    def tally(self, path: PathLike, policy: ReadPolicy) -> FileTally:
+        """A fresh tally for ``path`` (reading a file again replaces its counts)."""
+        tally = self.tallies[str(path)] = FileTally(str(path), policy)
+        return tally
+
+    def existing(self, path: PathLike) -> FileTally:
+        """The tally of a file already read (a fresh one if it was not)."""
+        return self.tallies.get(str(path)) or self.tally(path, read_policy())
+
+    def count(self, path: PathLike, event: str, n: int = 1) -> int:
+        """Add ``n`` to the count of ``event`` in ``path``; the new count."""
+        counts = self.events.setdefault(str(path), {})
+        counts[event] = counts.get(event, 0) + n
+        return counts[event]
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        out = {path: {"read": t.read, "skipped": t.skipped} for path, t in self.tallies.items()}
+        for path, counts in self.events.items():
+            out.setdefault(path, {}).update(counts)
+        return out
+
+    def clear(self) -> None:
+        self.tallies.clear()
+        self.events.clear()
+
+
+_report = ReadReport()
+
+
+def read_report() -> dict[str, dict[str, int]]:
+    """``{file: {"read": n, "skipped": k}}`` for every annotation file this process has read (for results.json)."""
+    return _report.as_dict()
+
+
+def count_event(path: PathLike, event: str, n: int = 1) -> int:
+    """Count ``n`` occurrences of ``event`` (e.g. ``boxes_outside_image``) in ``path`` for the read report (in this
+    process: a DataLoader worker's counts stay in the worker, which logs them); the new count."""
+    return _report.count(path, event, n)
+
+
+def reject_late(error: AnnotationError, path: PathLike) -> None:
+    """A record of a file already read turns out bad (e.g. its image leaves the root): raise, or count it against
+    that file and re-check its bad fraction."""
+    tally = _report.existing(path)
+    tally.reject(error)
+    tally.check()
+
+
+class RecordReader:
+    """Reads the records of one annotation file under this process's policy (or ``policy``).
+
+    ``with RecordReader(path) as reader``: iterate :meth:`jsonl` or :meth:`json`, and build each record inside
+    ``with reader.record(at):`` (an AnnotationError there raises, or with skipping leaves the record out). On a
+    normal exit the file's bad fraction is checked and its counts go to the read report (under the file it was
+    converted from, see :meth:`stand_for`).
+    """
+
+    def __init__(self, path: PathLike, policy: ReadPolicy | None = None):
+        self.path = Path(path)
+        self.policy = policy or read_policy()
+        self.tally = FileTally(str(self.path), self.policy)
+
+    @property
+    def skipping(self) -> bool:
+        return self.policy.skip_bad_samples
+
+    def __enter__(self) -> "RecordReader":
+        if not self.path.is_file():
+            raise AnnotationError(f"annotation file not found: {self.path}")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            _report.tallies[self.tally.path] = self.tally
+            self.tally.check()
+        return False
+
+    def stand_for(self, source: PathLike) -> None:
+        """Count and report this file's records under ``source``, the file they were converted from."""
+        self.tally.path = str(source)
+
+    @contextlib.contextmanager
+    def record(self, at: str):
+        """Count one record; an AnnotationError while building it raises, or (skipping) leaves it out."""
+        self.tally.read += 1
+        try:
+            yield
+        except AnnotationError as error:
+            self.tally.reject(error)
+
+    def jsonl(self, with_offsets: bool = False) -> Iterator[tuple]:
+        """``(at, record)`` (or ``(at, byte offset, record)``) per JSON-object line; other lines are bad records."""
+        for line_no, offset, raw in jsonl_lines(self.path):
+            at = where(self.path, line_no)
+            try:
+                record = parse_jsonl_record(raw, at)
+            except AnnotationError as error:
+                self.tally.read += 1
+                self.tally.reject(error)
+                continue
+            yield (at, offset, record) if with_offsets else (at, record)
+
+    def json(self, under: Iterable[str] = ()) -> tuple[str, Iterator[tuple[str, Any, Any]]]:
+        """(form, ``(at, key, value)`` per record) of a JSON document; a record with a duplicate key or non-JSON
+        number inside is a bad record, and so is a repeated key of the top-level object."""
+        records = read_json_records(self.path, under)
+        return records.form, self._usable(records)
+
+    def json_objects(self) -> Iterator[tuple[str, dict]]:
+        """``(at, object)`` per item of a JSON document whose top level is a list; an item that is not an object is
+        a bad record, a top level that is not a list an error."""
+        records = read_json_records(self.path)
+        if records.form != "list":
+            raise AnnotationError(f"{where(self.path, records.line)}: expected a JSON list of objects, got an object")
+        for at, _, value in self._usable(records):
+            if isinstance(value, dict):
+                yield at, value
+            else:
+                self.tally.read += 1
+                self.tally.reject(AnnotationError(f"{at}: expected a JSON object, got {_kind(value)}"))
+
+    def _usable(self, records: JsonRecords) -> Iterator[tuple[str, Any, Any]]:
+        for item in records.items:
+            at = where(self.path, item.line)
+            if item.error or item.duplicate_of:
+                self.tally.read += 1
+                line, message = item.error or (item.line, f"duplicate key {item.key!r} (first at line "
+                                                          f"{item.duplicate_of})")
+                self.tally.reject(AnnotationError(f"{where(self.path, line)}: {message}"))
+                continue
+            yield at, item.key, item.value

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dataset.checked import AnnotationError, read_json, record_key, require, where
+from dataset.checked import (AnnotationError, ImageRoot, RecordReader, file_name_field, integer_id,
+                             json_object, read_json_records, read_policy, reject_late, require, string_field, where)
 from dataset.images import load_image
 from dataset.text import pre_question
 
@@ -50,6 +50,7 @@ class GQAQuestion:
     question: str
     answers: tuple[str, ...]  # training answers; the first is the reference answer; () when unknown
     at: str
+    source: str = ""  # the file it was read from
 
     @property
     def reference(self) -> str | None:
@@ -57,67 +58,61 @@ class GQAQuestion:
         return self.answers[0] if self.answers else None
 
 
-def _from_list_item(item: dict, at: str) -> GQAQuestion:
+def _from_list_item(item: dict, at: str) -> tuple[str, str, str, tuple]:
     require(item, ("img_id", "question_id", "sent"), at)
     label = item.get("label") or {}
     if not isinstance(label, dict):
         raise AnnotationError(f"{at}: 'label' must map answer -> score, got {type(label).__name__}")
-    return GQAQuestion(str(record_key(item["question_id"], at)), str(record_key(item["img_id"], at)),
-                       _text(item["sent"], at), tuple(label), at)
+    return (integer_id(item["question_id"], at, "question_id"), file_name_field(item["img_id"], at, "img_id"),
+            string_field(item, "sent", at), tuple(label))
 
 
-def _from_dict_item(question_id: str, item: dict, at: str) -> GQAQuestion:
+def _from_dict_item(question_id: str, item: object, at: str) -> tuple[str, str, str, tuple]:
+    item = json_object(item, at)
     require(item, ("question", "imageId"), at)
     answer = item.get("answer")
     if answer is not None and not isinstance(answer, str):
         raise AnnotationError(f"{at}: 'answer' must be a string, got {type(answer).__name__}")
-    return GQAQuestion(question_id, str(record_key(item["imageId"], at)), _text(item["question"], at),
-                       (answer,) if answer else (), at)
-
-
-def _text(value: object, at: str) -> str:
-    if not isinstance(value, str):
-        raise AnnotationError(f"{at}: question must be a string, got {type(value).__name__}")
-    return value
+    return (integer_id(question_id, at, "question id"), file_name_field(item["imageId"], at, "imageId"),
+            string_field(item, "question", at), (answer,) if answer else ())
 
 
 def read_gqa_questions(path: PathLike) -> list[GQAQuestion]:
-    """All questions of a GQA/xGQA file, in file order, whichever of the two forms it uses."""
-    data = read_json(path)
-    if isinstance(data, list):
-        questions = []
-        for i, item in enumerate(data):
-            at = where(path, f"item {i}")
-            if not isinstance(item, dict):
-                raise AnnotationError(f"{at}: expected an object, got {type(item).__name__}")
-            questions.append(_from_list_item(item, at))
-        return questions
-    if isinstance(data, dict):
-        questions = []
-        for qid, item in data.items():
-            at = where(path, f"question {qid}")
-            if not isinstance(item, dict):
-                raise AnnotationError(f"{at}: expected an object, got {type(item).__name__}")
-            questions.append(_from_dict_item(qid, item, at))
-        return questions
-    raise AnnotationError(f"{path}: expected a list (LXMERT form) or a dict keyed by question id (GQA form), "
-                          f"got {type(data).__name__}")
+    """All questions of a GQA/xGQA file, in file order, whichever of the two forms it uses; a question id must be an
+    integer (or a string of digits) and appear once."""
+    questions: list[GQAQuestion] = []
+    first_line: dict[str, str] = {}
+    with RecordReader(path) as reader:
+        form, items = reader.json()
+        for at, key, item in items:
+            with reader.record(at):
+                fields = _from_list_item(json_object(item, at), at) if form == "list" else \
+                    _from_dict_item(key, item, at)
+                if fields[0] in first_line:
+                    raise AnnotationError(f"{at}: question id {fields[0]} repeats the one at {first_line[fields[0]]}")
+                first_line[fields[0]] = at
+                questions.append(GQAQuestion(*fields, at=at, source=reader.tally.path))
+    return questions
 
 
 def read_answer_list(path: PathLike) -> list[str]:
-    """The candidate answers: keys of ``trainval_ans2label.json`` in file order, or the ``label2ans`` list."""
-    data = read_json(path)
-    if isinstance(data, dict):
-        bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
-        if bad:
-            raise AnnotationError(f"{path}: answer {bad[0]!r} maps to {data[bad[0]]!r}, not an integer label")
-        answers = list(data)
-    elif isinstance(data, list):
-        answers = data
-    else:
-        raise AnnotationError(f"{path}: expected ans2label (dict) or label2ans (list), got {type(data).__name__}")
-    if not answers or not all(isinstance(a, str) and a for a in answers):
-        raise AnnotationError(f"{path}: the answer list must be non-empty strings")
+    """The candidate answers: keys of ``trainval_ans2label.json`` in file order, or the ``label2ans`` list (a bad
+    entry is an error naming its line, whatever the policy: the answer list is not a set of records to skip)."""
+    records = read_json_records(path)
+    answers = []
+    for item in records.items:
+        at = where(path, item.line)
+        if item.error or item.duplicate_of:
+            raise AnnotationError(f"{where(path, item.error[0]) if item.error else at}: "
+                                  f"{item.error[1] if item.error else f'answer {item.key!r} appears twice'}")
+        answer, label = (item.key, item.value) if records.form == "object" else (item.value, item.key)
+        if records.form == "object" and (isinstance(label, bool) or not isinstance(label, int)):
+            raise AnnotationError(f"{at}: answer {answer!r} maps to {label!r}, not an integer label")
+        if not isinstance(answer, str) or not answer:
+            raise AnnotationError(f"{at}: an answer must be a non-empty string, got {answer!r}")
+        answers.append(answer)
+    if not answers:
+        raise AnnotationError(f"{path}: the answer list is empty")
     if len(set(answers)) != len(answers):
         raise AnnotationError(f"{path}: the answer list has duplicates")
     return answers
@@ -143,27 +138,44 @@ def _clean_question(question: GQAQuestion, max_words: int) -> str:
     return cleaned
 
 
+def usable_questions(questions: list[GQAQuestion], image_root: PathLike, max_words: int,
+                     need_answers: bool) -> tuple[list[GQAQuestion], list[str], list[str]]:
+    """The questions a dataset can use, with their cleaned texts and image files (``<image_root>/<image id>.jpg``,
+    confined to the root). A question without text (or, for training, without an answer), or whose image leaves the
+    root, raises; with ``skip_bad_samples`` it is counted against its file and left out."""
+    root, skipping = ImageRoot(image_root), read_policy().skip_bad_samples
+    kept, texts, images = [], [], []
+    for q in questions:
+        try:
+            if need_answers and not q.answers:
+                raise AnnotationError(f"{q.at}: a training question needs an answer")
+            text = _clean_question(q, max_words)
+            image = root.resolve(f"{q.image_id}.jpg", q.at, skipping)
+        except AnnotationError as error:
+            reject_late(error, q.source or q.at)
+            continue
+        kept.append(q)
+        texts.append(text)
+        images.append(image)
+    return kept, texts, images
+
+
 class GQATrainDataset(Dataset):
     """Training questions: items ``(image tensor, question str, answers list[str], weights list[float])``."""
 
     def __init__(self, questions: list[GQAQuestion], image_root: PathLike, transform: Callable,
                  max_words: int = 30, flip_prob: float = 0.5):
-        unanswered = [q for q in questions if not q.answers]
-        if unanswered:
-            raise AnnotationError(f"{unanswered[0].at}: a training question needs an answer "
-                                  f"({len(unanswered)} question(s) have none)")
-        if not questions:
+        self.questions, self.texts, self.images = usable_questions(questions, image_root, max_words, True)
+        if not self.questions:
             raise ValueError("GQATrainDataset: no questions")
-        self.questions, self.image_root, self.transform = questions, Path(image_root), transform
-        self.texts = [_clean_question(q, max_words) for q in questions]
-        self.flip_prob = flip_prob
+        self.transform, self.flip_prob = transform, flip_prob
 
     def __len__(self) -> int:
         return len(self.questions)
 
     def __getitem__(self, index: int):
         q = self.questions[index]
-        image = load_image(self.image_root / f"{q.image_id}.jpg", where=q.at)
+        image = load_image(self.images[index], where=q.at)
         if self.flip_prob > 0 and may_flip(q.question, q.answers) and torch.rand(()).item() < self.flip_prob:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         weights = [1.0 / len(q.answers)] * len(q.answers)
@@ -174,19 +186,18 @@ class GQAEvalDataset(Dataset):
     """Evaluation questions: items ``(image tensor, question str, question_id str)``."""
 
     def __init__(self, questions: list[GQAQuestion], image_root: PathLike, transform: Callable, max_words: int = 50):
-        if not questions:
+        self.questions, self.texts, self.images = usable_questions(questions, image_root, max_words, False)
+        if not self.questions:
             raise ValueError("GQAEvalDataset: no questions")
-        self.questions, self.image_root, self.transform = questions, Path(image_root), transform
-        self.texts = [_clean_question(q, max_words) for q in questions]
-        self.references = gqa_references(questions)
+        self.transform = transform
+        self.references = gqa_references(self.questions)
 
     def __len__(self) -> int:
         return len(self.questions)
 
     def __getitem__(self, index: int):
         q = self.questions[index]
-        image = load_image(self.image_root / f"{q.image_id}.jpg", where=q.at)
-        return self.transform(image), self.texts[index], q.question_id
+        return self.transform(load_image(self.images[index], where=q.at)), self.texts[index], q.question_id
 
 
 def collate_gqa_train(batch):

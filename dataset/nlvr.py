@@ -30,7 +30,8 @@ from typing import Callable
 
 import torch
 
-from dataset.checked import AnnotationError, iter_jsonl, read_json, require, where
+from dataset.checked import (AnnotationError, ImageRoot, RecordReader, file_name_field, require, string_field,
+                             where)
 from dataset.examples import ExampleDataset
 from dataset.images import load_image
 from dataset.text import pre_caption
@@ -67,22 +68,35 @@ def _example(left: str, right: str, sentence: object, label: object, at: str, ma
     return NLVRExample(left, right, cleaned, parse_label(label, at), at)
 
 
+def converted_from(entry: dict, at: str, reader: RecordReader) -> str:
+    """Where to report a record: the IGLUE file and line a converted MaRVL entry names in ``source`` (its file then
+    counts as the file read), else ``at``."""
+    source = entry.get("source")
+    if source is None:
+        return at
+    if not (isinstance(source, list) and len(source) == 2 and isinstance(source[0], str)
+            and isinstance(source[1], int)):
+        raise AnnotationError(f"{at}: 'source' must be [file, line], got {source!r:.80}")
+    reader.stand_for(source[0])
+    return where(*source)
+
+
 def read_nlvr_json(path: PathLike, image_root: PathLike, max_words: int = 30) -> list[NLVRExample]:
-    """A json list of ``{"sentence", "label", "images": [left, right]}``."""
-    entries = read_json(path)
-    if not isinstance(entries, list):
-        raise AnnotationError(f"{path}: expected a JSON list, got {type(entries).__name__}")
-    examples = []
-    for i, entry in enumerate(entries):
-        at = where(path, f"item {i}")
-        if not isinstance(entry, dict):
-            raise AnnotationError(f"{at}: expected an object, got {type(entry).__name__}")
-        require(entry, ("sentence", "label", "images"), at)
-        images = entry["images"]
-        if not isinstance(images, list) or len(images) != 2 or not all(isinstance(p, str) for p in images):
-            raise AnnotationError(f"{at}: 'images' must be a list of two paths, got {images!r}")
-        left, right = (str(Path(image_root) / p) for p in images)
-        examples.append(_example(left, right, entry["sentence"], entry["label"], at, max_words))
+    """A json list of ``{"sentence", "label", "images": [left, right]}`` (converted MaRVL entries also carry their
+    IGLUE ``source`` line, and ``error`` for a line the conversion could not use)."""
+    examples, root = [], ImageRoot(image_root)
+    with RecordReader(path) as reader:
+        for at, entry in reader.json_objects():
+            at = converted_from(entry, at, reader)
+            with reader.record(at):
+                if "error" in entry:
+                    raise AnnotationError(f"{at}: {entry['error']}")
+                require(entry, ("sentence", "label", "images"), at)
+                images = entry["images"]
+                if not isinstance(images, list) or len(images) != 2:
+                    raise AnnotationError(f"{at}: 'images' must be a list of two paths, got {images!r:.80}")
+                left, right = (root.resolve(image, at, reader.skipping) for image in images)
+                examples.append(_example(left, right, entry["sentence"], entry["label"], at, max_words))
     return examples
 
 
@@ -98,16 +112,20 @@ def nlvr2_image_files(identifier: str, directory: object = None) -> tuple[str, s
 
 def read_nlvr2_jsonl(path: PathLike, image_root: PathLike, max_words: int = 30) -> list[NLVRExample]:
     """NLVR2 jsonl as distributed (``identifier``, ``sentence``, string ``label``; train lines add ``directory``)."""
-    examples = []
-    for line_no, record in iter_jsonl(path):
-        at = where(path, line_no)
-        require(record, ("identifier", "sentence", "label"), at)
-        try:
-            files = nlvr2_image_files(str(record["identifier"]), record.get("directory"))
-        except ValueError as e:
-            raise AnnotationError(f"{at}: {e}") from e
-        left, right = (str(Path(image_root) / f) for f in files)
-        examples.append(_example(left, right, record["sentence"], record["label"], at, max_words))
+    examples, root = [], ImageRoot(image_root)
+    with RecordReader(path) as reader:
+        for at, record in reader.jsonl():
+            with reader.record(at):
+                require(record, ("identifier", "sentence", "label"), at)
+                directory = record.get("directory")
+                if directory is not None:
+                    directory = file_name_field(directory, at, "directory")
+                try:
+                    files = nlvr2_image_files(string_field(record, "identifier", at), directory)
+                except ValueError as e:
+                    raise AnnotationError(f"{at}: {e}") from e
+                left, right = (root.resolve(file, at, reader.skipping) for file in files)
+                examples.append(_example(left, right, record["sentence"], record["label"], at, max_words))
     return examples
 
 

@@ -2,6 +2,7 @@
 record images, and the collate of per-sample dicts."""
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import torch
 
+from dataset.checked import ImageRoot
 from dataset.images import load_image
 from dataset.masking import TextMasker
 from dataset.shards import BadRecordError, LineRef
@@ -96,9 +98,15 @@ class TextSpec:
         return self.encode_clean(self.clean(text, where), rng, where, suffix)
 
 
+@functools.lru_cache(maxsize=64)
+def _image_root(root: str) -> ImageRoot:
+    return ImageRoot(root, remember=False)  # shards name millions of images: no per-name memory
+
+
 def read_record_image(record: dict, image_key: str, is_path: bool, ref: LineRef, image_root=None):
-    """The record's image: base64 data, a path (relative ones against ``image_root``, else the jsonl's folder), or
-    the encoded bytes of a tar member."""
+    """The record's image: base64 data, the encoded bytes of a tar member, or a path inside ``image_root`` (default:
+    the jsonl's folder), relative to it or absolute; a path that leaves the root is a bad record, refused before
+    anything is opened."""
     value = require(record, image_key, ref)
     if isinstance(value, bytes):  # a tar shard's image member (dataset.tars)
         return load_image(value, where=ref)
@@ -106,10 +114,7 @@ def read_record_image(record: dict, image_key: str, is_path: bool, ref: LineRef,
         return load_image(value, base64=True, where=ref)
     if not isinstance(value, str) or not value:
         raise BadRecordError(f"{image_key!r} must be an image path, got {value!r}", ref)
-    path = Path(value)
-    if not path.is_absolute():
-        path = Path(image_root or Path(ref.path).parent) / path
-    return load_image(path, where=ref)
+    return load_image(_image_root(str(image_root or Path(ref.path).parent)).resolve(value, ref), where=ref)
 
 
 def collate_samples(samples: list[dict], rng: random.Random | None = None) -> dict:

@@ -16,7 +16,8 @@ spare items (further boxes of the same crop that pass the area rule); the collat
 items only when the spares run out too (logged). Images left without an item after the cut are dropped.
 
 Boxes: boxes are first clipped to the image (the reference asserted that the chosen box lies inside and dropped the
-record otherwise); a box without area inside the image is ignored. A malformed box (not 4 numbers, w or h <= 0), or
+record otherwise); a box without area inside the image is ignored. Both are counted per file (the read report's
+``boxes_outside_image``) and logged with the record's file and line. A malformed box (not 4 numbers, w or h <= 0), or
 no box overlapping the image, is a BadRecordError.
 
 Attributes (docs/data-formats.md#region-attributes): a dict language -> string or list of strings, a string, or a
@@ -33,6 +34,7 @@ import random
 import torch
 from PIL import Image
 
+from dataset.checked import count_event
 from dataset.pretrain_common import TEXT_KEYS, TextSpec, choose_captions, read_record_image, require
 from dataset.shards import BadRecordError, LineRef
 from dataset.text import can_swap_left_right, mentions_left_or_right, pre_caption, swap_left_right
@@ -125,7 +127,9 @@ class RegionProcessor:
         if not isinstance(elems, list) or not elems:
             raise BadRecordError("'elems' must be a non-empty list", ref)
         bounds = (0, 0) + image.size
-        boxes = [intersect(parse_box(elem, i, ref), bounds) for i, elem in enumerate(elems)]
+        given = [parse_box(elem, i, ref) for i, elem in enumerate(elems)]
+        boxes = [intersect(box, bounds) for box in given]
+        self.count_boxes_outside(given, boxes, image.size, ref)
         window = self.crop_window(image.size, boxes, rng, ref)
         crop = image.crop(window)
         items = self.collect_items(record, elems, boxes, window, rng, ref)
@@ -135,6 +139,19 @@ class RegionProcessor:
         encoded = [self.encode_item(item, crop.size, flipped, rng, ref) for item in items]
         return {"image": self.transform(crop), "items": encoded[:self.max_regions],
                 "spares": encoded[self.max_regions:], "flipped": flipped}
+
+    def count_boxes_outside(self, given: list, clipped: list, size, ref) -> None:
+        """Count (and log, the first ten and every thousandth) the boxes that reach outside their image: they are
+        clipped to it, or ignored when nothing of them is inside (docs/data-formats.md#region-records)."""
+        outside = [i for i, (box, kept) in enumerate(zip(given, clipped)) if kept != box]
+        if not outside:
+            return
+        total = count_event(ref.path, "boxes_outside_image", len(outside))
+        if total - len(outside) < 10 or total // 1000 > (total - len(outside)) // 1000:
+            width, height = size
+            logger.warning("%s: elems[%s].bb reach outside the %dx%d image: clipped to it (ignored when nothing is "
+                           "inside); %d such boxes in %s so far in this process", ref, ", ".join(map(str, outside)),
+                           width, height, total, ref.path)
 
     def crop_window(self, size, boxes, rng: random.Random, ref) -> tuple[int, int, int, int]:
         """A random crop (x0, y0, x1, y1) of the image that contains a randomly chosen box (boxes already clipped)."""

@@ -52,7 +52,8 @@ from urllib.parse import unquote, urlparse
 import torch
 from torch.utils.data import Dataset
 
-from dataset.checked import AnnotationError, iter_jsonl, read_json, record_key, require, string_field, where
+from dataset.checked import (AnnotationError, ImageRoot, RecordReader, record_key, require, string_field,
+                             string_list)
 from dataset.images import load_image
 from dataset.text import pre_caption
 
@@ -122,89 +123,93 @@ def clean_caption(text: object, max_words: int, at: str) -> str:
         raise AnnotationError(f"{at}: caption {text!r} is empty after cleaning ({e})") from e
 
 
-def _caption_list(value: object, at: str) -> list:
+def _train_captions(value: object, at: str) -> list:
+    """A training entry's ``caption``: one string (the format's), or a list of strings."""
     if isinstance(value, str):
         return [value]
-    if not isinstance(value, list) or not value:
-        raise AnnotationError(f"{at}: 'caption' must be a string or a non-empty list of strings")
-    return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise AnnotationError(f"{at}: 'caption' must be a string or a non-empty list of strings, got {value!r:.60}")
 
 
 # ---------------------------------------------------------------------------------------------------- Multi30K / COCO
 
-def _json_entries(path: PathLike) -> list[dict]:
-    entries = read_json(path)
-    if not isinstance(entries, list):
-        raise AnnotationError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise AnnotationError(f"{where(path, f'item {i}')}: expected an object, got {type(entry).__name__}")
-    return entries
-
-
 def read_caption_json_train(path: PathLike, image_root: PathLike, max_words: int = 30) -> list[CaptionPair]:
     """Multi30K/COCO training json: one entry per caption."""
-    pairs = []
-    for i, entry in enumerate(_json_entries(path)):
-        at = where(path, f"item {i}")
-        require(entry, ("caption", "image", "image_id"), at)
-        image = ImageRef(str(Path(image_root) / string_field(entry, "image", at)), at)
-        for caption in _caption_list(entry["caption"], at):
-            pairs.append(CaptionPair(image, clean_caption(caption, max_words, at), record_key(entry["image_id"], at)))
+    pairs, root = [], ImageRoot(image_root)
+    with RecordReader(path) as reader:
+        for at, entry in reader.json_objects():
+            with reader.record(at):
+                require(entry, ("caption", "image", "image_id"), at)
+                image = ImageRef(root.resolve(entry["image"], at, reader.skipping), at)
+                key = record_key(entry["image_id"], at)
+                captions = [clean_caption(c, max_words, at) for c in _train_captions(entry["caption"], at)]
+                pairs.extend(CaptionPair(image, caption, key) for caption in captions)
     return pairs
 
 
 def read_caption_json_eval(path: PathLike, image_root: PathLike, max_words: int = 30) -> RetrievalEvalData:
     """Multi30K/COCO val/test json: one entry per image with its caption list."""
-    data = RetrievalEvalData()
-    for i, entry in enumerate(_json_entries(path)):
-        at = where(path, f"item {i}")
-        require(entry, ("caption", "image"), at)
-        captions = [clean_caption(c, max_words, at) for c in _caption_list(entry["caption"], at)]
-        data.add_image(ImageRef(str(Path(image_root) / string_field(entry, "image", at)), at), captions)
+    data, root = RetrievalEvalData(), ImageRoot(image_root)
+    with RecordReader(path) as reader:
+        for at, entry in reader.json_objects():
+            with reader.record(at):
+                require(entry, ("caption", "image"), at)
+                captions = [clean_caption(c, max_words, at) for c in string_list(entry, "caption", at)]
+                data.add_image(ImageRef(root.resolve(entry["image"], at, reader.skipping), at), captions)
     return data
 
 
 # ---------------------------------------------------------------------------------------------------- xFlickr&CO
 
-def flickrco_image_path(img_path: str, flickr_root: PathLike, coco_root: PathLike | None) -> str:
+def flickrco_image_path(img_path: str, flickr_root: ImageRoot, coco_root: ImageRoot | None, at: str,
+                        must_exist: bool = False) -> str:
     """xFlickr&CO images live under two roots: COCO val2014 files (``COCO`` in the name) and Flickr30K files."""
     if "COCO" in img_path:
         if coco_root is None:
-            raise AnnotationError(f"{img_path} is a COCO image but no COCO image root was given")
-        return str(Path(coco_root) / img_path)
-    return str(Path(flickr_root) / img_path)
+            raise AnnotationError(f"{at}: {img_path} is a COCO image but no COCO image root was given")
+        return coco_root.resolve(img_path, at, must_exist)
+    return flickr_root.resolve(img_path, at, must_exist)
+
+
+def _flickrco_roots(flickr_root: PathLike, coco_root: PathLike | None) -> tuple[ImageRoot, ImageRoot | None]:
+    return ImageRoot(flickr_root), None if coco_root is None else ImageRoot(coco_root)
 
 
 def read_flickrco_train(path: PathLike, flickr_root: PathLike, coco_root: PathLike | None = None,
                         max_words: int = 80) -> list[CaptionPair]:
     """xFlickr&CO / Flickr30K jsonl for training: one pair per sentence; the image key is the record's ``id``."""
-    pairs = []
-    for line_no, record in iter_jsonl(path):
-        at = where(path, line_no)
-        require(record, ("sentences", "id", "img_path"), at)
-        image = ImageRef(flickrco_image_path(string_field(record, "img_path", at), flickr_root, coco_root), at)
-        key = record_key(record["id"], at)
-        pairs.extend(CaptionPair(image, clean_caption(s, max_words, at), key)
-                     for s in _caption_list(record["sentences"], at))
+    pairs, roots = [], _flickrco_roots(flickr_root, coco_root)
+    with RecordReader(path) as reader:
+        for at, record in reader.jsonl():
+            with reader.record(at):
+                require(record, ("sentences", "id", "img_path"), at)
+                image = ImageRef(flickrco_image_path(string_field(record, "img_path", at), *roots, at,
+                                                     reader.skipping), at)
+                key = record_key(record["id"], at)
+                captions = [clean_caption(s, max_words, at) for s in string_list(record, "sentences", at)]
+                pairs.extend(CaptionPair(image, caption, key) for caption in captions)
     return pairs
 
 
 def read_flickrco_eval(path: PathLike, flickr_root: PathLike, coco_root: PathLike | None = None,
                        max_words: int = 80) -> RetrievalEvalData:
     """xFlickr&CO / Flickr30K jsonl for evaluation: one image per line; lines whose sentences are all empty are skipped."""
-    data = RetrievalEvalData()
-    for line_no, record in iter_jsonl(path):
-        at = where(path, line_no)
-        require(record, ("sentences", "img_path"), at)
-        sentences = record["sentences"]
-        if sentences == [] or isinstance(sentences, list) and all(s is None or isinstance(s, str) and not s.strip()
-                                                                    for s in sentences):
-            data.skipped += 1
-            continue
-        captions = [clean_caption(s, max_words, at) for s in _caption_list(sentences, at)]
-        data.add_image(ImageRef(flickrco_image_path(string_field(record, "img_path", at), flickr_root, coco_root), at),
-                       captions)
+    data, roots = RetrievalEvalData(), _flickrco_roots(flickr_root, coco_root)
+    with RecordReader(path) as reader:
+        for at, record in reader.jsonl():
+            with reader.record(at):
+                require(record, ("sentences", "id", "img_path"), at)
+                record_key(record["id"], at)
+                sentences = record["sentences"]
+                if not isinstance(sentences, list) or not all(s is None or isinstance(s, str) for s in sentences):
+                    raise AnnotationError(f"{at}: 'sentences' must be a list of strings, got {sentences!r:.60}")
+                if all(s is None or not s.strip() for s in sentences):
+                    data.skipped += 1
+                    continue
+                captions = [clean_caption(s, max_words, at) for s in sentences]
+                image = flickrco_image_path(string_field(record, "img_path", at), *roots, at, reader.skipping)
+                data.add_image(ImageRef(image, at), captions)
     return data
 
 
@@ -218,26 +223,36 @@ def wit_image_file_name(image_url: str) -> str:
     return name
 
 
-def _wit_records(path: PathLike, image_root: PathLike | None):
-    """Yield ``(at, ImageRef, image_url, caption)`` for WIT lines with a non-empty caption; count the empty ones."""
-    for line_no, offset, record in iter_jsonl(path, with_offsets=True):
-        at = where(path, line_no)
-        require(record, ("image_url", "caption_reference_description"), at)
-        caption = record["caption_reference_description"]
-        if caption is None:  # pandas exports write a missing caption as null: an empty caption, dropped
-            caption = ""
-        if not isinstance(caption, str):
-            raise AnnotationError(f"{at}: caption_reference_description must be a string or null, "
-                                  f"got {type(caption).__name__}")
-        string_field(record, "image_url", at)
-        if "image_content" in record:
-            image = ImageRef(str(path), at, offset)
-        elif image_root is not None:
-            image = ImageRef(str(Path(image_root) / wit_image_file_name(record["image_url"])), at)
-        else:
-            raise AnnotationError(f"{at}: no 'image_content' and no image root given; join the Kaggle pixels first "
-                                  "(python3 -m dataset.convert wit) or pass image_root")
-        yield at, image, record["image_url"], caption
+def _wit_image(record: dict, path: PathLike, at: str, offset: int, root: ImageRoot | None, must_exist: bool):
+    if "image_content" in record:
+        string_field(record, "image_content", at)
+        return ImageRef(str(path), at, offset)
+    if root is None:
+        raise AnnotationError(f"{at}: no 'image_content' and no image root given; join the Kaggle pixels first "
+                              "(python3 -m dataset.convert wit) or pass image_root")
+    try:
+        name = wit_image_file_name(record["image_url"])
+    except ValueError as e:
+        raise AnnotationError(f"{at}: {e}") from None
+    return ImageRef(root.resolve(name, at, must_exist), at)
+
+
+def _wit_records(path: PathLike, image_root: PathLike | None) -> list[tuple[str, ImageRef, str, str]]:
+    """``(at, ImageRef, image_url, caption)`` per WIT line (a null caption is empty)."""
+    records, root = [], None if image_root is None else ImageRoot(image_root)
+    with RecordReader(path) as reader:
+        for at, offset, record in reader.jsonl(with_offsets=True):
+            with reader.record(at):
+                require(record, ("image_url", "caption_reference_description"), at)
+                caption = record["caption_reference_description"]
+                if caption is None:  # pandas exports write a missing caption as null: an empty caption, dropped
+                    caption = ""
+                if not isinstance(caption, str):
+                    raise AnnotationError(f"{at}: caption_reference_description must be a string or null, "
+                                          f"got {type(caption).__name__}")
+                url = string_field(record, "image_url", at)
+                records.append((at, _wit_image(record, path, at, offset, root, reader.skipping), url, caption))
+    return records
 
 
 def clean_wit_caption(caption: str, max_words: int) -> str:

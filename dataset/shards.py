@@ -40,9 +40,9 @@ Two ways to run epochs
     everything consumed since that start, so long runs are better served by the first way.
 
 Bad records
-  ``BadRecordError`` (a ValueError) names ``file:line``. With ``skip_bad_samples`` the record is logged, counted and
-  skipped; a worker raises ``BadDataError`` once more than ``max_bad_fraction`` of the records it has read were bad
-  (checked from ``min_records_for_bad_check`` records on; the count runs over passes, per worker).
+  ``BadRecordError`` (an AnnotationError) names ``file:line``. With ``skip_bad_samples`` the record is logged,
+  counted and skipped; a worker raises ``BadDataError`` once more than ``max_bad_fraction`` of the records it has
+  read were bad (checked from ``min_records_for_bad_check`` records on; the count runs over passes, per worker).
 
 The same split, batching, resume and bad-record rules serve webdataset tar shards (dataset.tars), whose reader splits
 by sample counts instead of bytes and dealing.
@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import math
 import multiprocessing
@@ -65,24 +64,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from dataset.checked import AnnotationError, BadDataError, BadRecordError, parse_json_line
 from dataset.sources import DataPath, file_size, list_data_files, open_binary
-from utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
-
-
-class BadRecordError(UserError, ValueError):
-    """A record that cannot be used; the message starts with ``file:line``."""
-
-    def __init__(self, message: str, where: Any = ""):
-        self.where = str(where) if where else ""
-        super().__init__(f"{self.where}: {message}" if self.where else message)
-
-
-class BadDataError(UserError, RuntimeError):
-    """Too many bad records were skipped."""
 
 
 # ------------------------------------------------------------------------------------------------- file listing
@@ -147,9 +134,9 @@ class RawRecord:
     def parse(self) -> dict:
         """The JSON object of this line (BadRecordError naming file and line otherwise)."""
         try:
-            record = json.loads(self.text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRecordError(f"malformed JSON line ({exc})", self.ref) from None
+            record = parse_json_line(self.text)
+        except ValueError as exc:
+            raise BadRecordError(str(exc), self.ref) from None
         if not isinstance(record, dict):
             raise BadRecordError(f"expected a JSON object, got {type(record).__name__}", self.ref)
         return record
@@ -455,7 +442,7 @@ class ShardedJsonlDataset(IterableDataset):
             record = raw.parse()
             with seeded_sample_rng(seed):
                 sample = self.process(record, raw.ref, random.Random(seed))
-        except BadRecordError as error:
+        except AnnotationError as error:  # a BadRecordError, or an image path that leaves its root
             counter.failed(error)
             return None
         counter.good()

@@ -51,6 +51,7 @@ from typing import Iterator, Sequence
 from webdataset import TarWriter
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
+from dataset.checked import parse_json_line
 from dataset.shards import BadDataError, BadRecordError, ShardedSource, file_order, ranges_between
 from dataset.sources import DataPath, list_data_files, open_binary, read_many
 from utils.dist import all_gather_object, is_dist
@@ -134,9 +135,9 @@ class TarSample:
         if "json" in self.members:
             where = f"{self.ref.path}, member {key}.json"
             try:
-                record = json.loads(self.members["json"])
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise BadRecordError(f"malformed JSON ({exc})", where) from None
+                record = parse_json_line(self.members["json"])
+            except ValueError as exc:  # syntax, a duplicate key, NaN, not UTF-8
+                raise BadRecordError(str(exc), where) from None
             if not isinstance(record, dict):
                 raise BadRecordError(f"expected a JSON object, got {type(record).__name__}", where)
         image_ext = next((ext for ext in layout.image_exts if ext in self.members), None)

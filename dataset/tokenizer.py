@@ -10,7 +10,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from dataset.checked import read_json
+from utils.errors import UserError
+
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+# the files a Hugging Face tokenizer is built from (any one of them makes a folder a tokenizer folder)
+TOKENIZER_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "vocab.json",
+                   "vocab.txt")
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 400,
@@ -49,11 +55,41 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     return out
 
 
+class TokenizerError(UserError, ValueError):
+    """A text encoder folder whose tokenizer is missing or does not fit the model (the message names the folder)."""
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
-    """Load a tokenizer from a Hugging Face directory or hub id (the hub only when online)."""
+    """Load a tokenizer from a Hugging Face directory or hub id (the hub only when online).
+
+    A folder must hold tokenizer files (one of ``TOKENIZER_FILES``): with ``config.json`` alone, transformers would
+    build a tokenizer of a few special tokens that maps every word to ``<unk>``. When the folder has a
+    ``config.json`` with ``vocab_size`` (the model's embedding rows), the tokenizer must have exactly that many ids.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(name_or_path))
+    folder = Path(name_or_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise TokenizerError(f"{folder}: the text encoder folder holds no tokenizer file (one of "
+                             f"{', '.join(TOKENIZER_FILES)}); copy the model's tokenizer files next to its "
+                             "config.json (a folder without them would map every word to <unk>)")
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if folder.is_dir():
+        check_vocabulary_size(tokenizer, folder)
+    return tokenizer
+
+
+def check_vocabulary_size(tokenizer, folder: Path) -> None:
+    """Raise if ``folder/config.json`` gives a ``vocab_size`` other than the tokenizer's number of ids."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return
+    values = read_json(config)
+    vocab_size = values.get("vocab_size") if isinstance(values, dict) else None
+    if vocab_size is not None and vocab_size != len(tokenizer):
+        raise TokenizerError(f"{folder}: the tokenizer has {len(tokenizer)} ids but config.json's vocab_size (the "
+                             f"model's embedding size) is {vocab_size}; the tokenizer files and config.json must come "
+                             "from the same model")
 
 
 def check_xlmr_layout(tokenizer, where: str = "tokenizer") -> None:

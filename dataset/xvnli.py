@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-from dataset.checked import AnnotationError, iter_jsonl, record_key, require, string_field, where
+from dataset.checked import AnnotationError, ImageRoot, RecordReader, file_name_field, require, string_field
 from dataset.examples import ExampleDataset
 from dataset.images import load_image
 from dataset.text import pre_caption
@@ -48,26 +47,26 @@ class XVNLIExample:
 
 def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tuple[list[XVNLIExample], int]:
     """``(examples, dropped)``: the usable lines of an XVNLI jsonl file and the number of lines without a gold label."""
-    examples, dropped = [], 0
-    for line_no, record in iter_jsonl(path):
-        at = where(path, line_no)
-        require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
-        label = record["gold_label"]
-        if not isinstance(label, str):
-            raise AnnotationError(f"{at}: gold_label must be a string, got {type(label).__name__}")
-        if label.strip() in NO_CONSENSUS:
-            dropped += 1
-            continue
-        if label not in LABELS:
-            raise AnnotationError(f"{at}: gold_label {label!r} is not one of {sorted(LABELS)} "
-                                  "(or '-' for no consensus)")
-        hypothesis = string_field(record, "sentence2", at)
-        try:
-            hypothesis = pre_caption(hypothesis, max_words)
-        except ValueError as e:
-            raise AnnotationError(f"{at}: hypothesis {record['sentence2']!r} is empty after cleaning ({e})") from e
-        image = str(Path(image_root) / f"{record_key(record[IMAGE_KEY], at)}.jpg")
-        examples.append(XVNLIExample(image, hypothesis, LABELS[label], at))
+    examples, dropped, root = [], 0, ImageRoot(image_root)
+    with RecordReader(path) as reader:
+        for at, record in reader.jsonl():
+            with reader.record(at):
+                require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
+                label = string_field(record, "gold_label", at)
+                if label.strip() in NO_CONSENSUS:
+                    dropped += 1
+                    continue
+                if label not in LABELS:
+                    raise AnnotationError(f"{at}: gold_label {label!r} is not one of {sorted(LABELS)} "
+                                          "(or '-' for no consensus)")
+                hypothesis = string_field(record, "sentence2", at)
+                try:
+                    hypothesis = pre_caption(hypothesis, max_words)
+                except ValueError as e:
+                    raise AnnotationError(f"{at}: hypothesis {record['sentence2']!r} is empty after cleaning "
+                                          f"({e})") from e
+                name = file_name_field(record[IMAGE_KEY], at, IMAGE_KEY) + ".jpg"
+                examples.append(XVNLIExample(root.resolve(name, at, reader.skipping), hypothesis, LABELS[label], at))
     return examples, dropped
 
 

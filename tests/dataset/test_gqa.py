@@ -104,16 +104,16 @@ def test_collates():
 def test_errors_name_file_and_question(tmp_path):
     path = tmp_path / "q.json"
     path.write_text(json.dumps({"5": {"question": "What?", "answer": "x"}}))
-    with pytest.raises(AnnotationError, match=r"q.json \[question 5\]: missing key\(s\) \['imageId'\]"):
+    with pytest.raises(AnnotationError, match=r"q.json:1: missing key\(s\) \['imageId'\]"):
         read_gqa_questions(path)
     path.write_text(json.dumps([{"img_id": "n1", "question_id": "1", "sent": "What?"}]))
-    with pytest.raises(AnnotationError, match=r"q.json \[item 0\]: a training question needs an answer"):
+    with pytest.raises(AnnotationError, match=r"q.json:1: a training question needs an answer"):
         GQATrainDataset(read_gqa_questions(path), tmp_path, to_tensor)
     ds = GQAEvalDataset(read_gqa_questions(path), tmp_path, to_tensor)
     assert ds.references == {"1": None}
     with pytest.raises(ValueError) as info:
         ds[0]
-    assert "n1.jpg" in str(info.value) and "q.json [item 0]" in str(info.value)
+    assert "n1.jpg" in str(info.value) and "q.json:1" in str(info.value)
     path.write_text('{"1": {"question": ')
     with pytest.raises(AnnotationError, match="q.json:1: malformed JSON"):
         read_gqa_questions(path)

@@ -76,13 +76,13 @@ def test_parse_label_rejects_the_rest(value):
 def test_bad_entries_name_file_and_item(tmp_path):
     path = tmp_path / "x.json"
     path.write_text(json.dumps([{"sentence": "s", "label": True, "images": ["a.png"]}]))
-    with pytest.raises(AnnotationError, match=r"x.json \[item 0\]: 'images' must be a list of two paths"):
+    with pytest.raises(AnnotationError, match=r"x.json:1: 'images' must be a list of two paths"):
         NLVRDataset(path, tmp_path, lambda im: im)
     path.write_text(json.dumps([{"sentence": "s", "label": "maybe", "images": ["a.png", "b.png"]}]))
-    with pytest.raises(AnnotationError, match=r"x.json \[item 0\]: label 'maybe'"):
+    with pytest.raises(AnnotationError, match=r"x.json:1: label 'maybe'"):
         NLVRDataset(path, tmp_path, lambda im: im)
     path.write_text(json.dumps([{"sentence": "s", "label": True, "images": ["a.png", "missing.png"]}]))
     write_image(tmp_path / "a.png")
     with pytest.raises(ValueError) as info:
         NLVRDataset(path, tmp_path, lambda im: im)[0]
-    assert "missing.png" in str(info.value) and "x.json [item 0]" in str(info.value)
+    assert "missing.png" in str(info.value) and "x.json:1" in str(info.value)

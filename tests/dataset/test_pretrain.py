@@ -119,7 +119,7 @@ def good_record():
 
 
 @pytest.mark.parametrize("bad,config_change,message", [
-    ('{"binary": "abc", "caption": ', {}, "malformed JSON line"),
+    ('{"binary": "abc", "caption": ', {}, r"malformed JSON \(Expecting value, column 29\)"),
     ({"binary": "abc", "caption": {"en": "a dog"}}, {}, "invalid base64 image data"),
     ({"binary": base64.b64encode(b"not an image").decode(), "caption": {"en": "a dog"}}, {},
      "cannot decode the image"),

@@ -223,7 +223,7 @@ def test_line_numbers_are_right_for_a_rank_starting_mid_file(tmp_path):
             list(make_dataset([path], 1, rank=rank, world_size=4))
         except BadRecordError as error:
             errors.append((rank, str(error)))
-    assert errors == [(3, f"{path}:34: malformed JSON line (Expecting value: line 1 column 1 (char 0))")]
+    assert errors == [(3, f"{path}:34: malformed JSON (Expecting value, column 1)")]
 
 
 def test_bad_records_are_skipped_counted_and_bounded(tmp_path):

@@ -80,7 +80,7 @@ def test_malformed_line_and_missing_key(tmp_path):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("gold_label", ["neutral"], "gold_label must be a string, got list"),
+    ("gold_label", ["neutral"], "'gold_label' must be a string, got list"),
     ("gold_label", "maybe", "gold_label 'maybe' is not one of ['contradiction', 'entailment', 'neutral']"),
     ("sentence2", 3, "'sentence2' must be a string, got int"),
     ("Flikr30kID", None, "id None must be a string or an integer"),
