@@ -118,3 +118,13 @@ def s3_bucket(local_s3, request):
 
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:8]
     return local_s3.make_bucket(name)
+
+
+@pytest.fixture(autouse=True)
+def default_read_policy():
+    """Every test ends with the default policy for bad annotation records (a process-wide setting) and an empty
+    read report."""
+    yield
+    from dataset.checked import configure_reading
+
+    configure_reading({})

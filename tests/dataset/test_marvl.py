@@ -83,3 +83,32 @@ def test_bad_label_and_missing_folder(tmp_path):
     assert convert_marvl_file(path, few_shot=False)[0]["error"].startswith("label 'yes'")
     with pytest.raises(AnnotationError, match="no MaRVL annotation files"):
         ensure_marvl(tmp_path / "nothing", tmp_path / "out")
+
+
+def test_errors_after_conversion_name_the_iglue_line_and_the_cli_lists_them(tmp_path, capsys):
+    from dataset.marvl import main
+
+    source = tmp_path / "marvl/zero_shot/annotations/marvl-id.jsonl"
+    source.parent.mkdir(parents=True)
+    good = {"caption": "ada", "label": True, "left_img": "a.jpg", "right_img": "b.jpg", "language": "id",
+            "concept": "1-x"}
+    source.write_text(json.dumps(good) + "\n" + json.dumps({**good, "caption": 5}) + "\n{broken\n")
+    out = tmp_path / "out"
+    assert main(["--marvl-dir", str(tmp_path / "marvl"), "--out-dir", str(out)]) == 1
+    assert f"{source}:3: malformed JSON" in capsys.readouterr().err
+    images = tmp_path / "images"
+    for name in ("a.jpg", "b.jpg"):
+        (images / "marvl-images/id/images/1-x").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(images / "marvl-images/id/images/1-x" / name)
+    with pytest.raises(AnnotationError, match=rf"{source}:2: sentence must be a string"):
+        NLVRDataset(out / "marvl-id.json", images, build_transform("test", RES))
+
+
+def test_outputs_of_an_older_form_are_converted_again(tmp_path, iglue_sample):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "marvl-id.json"
+    target.write_text("[]")
+    os.utime(target, (1e10, 1e10))  # newer than its source, but written before entries carried their source line
+    ensure_marvl(iglue_sample / "datasets/marvl", out)
+    assert json.loads(target.read_text(encoding="utf-8"))[0]["source"][1] == 1

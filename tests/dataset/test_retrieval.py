@@ -231,7 +231,8 @@ def test_wrong_field_types_name_file_and_line(tmp_path, flickrco_roots, fmt, rec
 def test_caption_json_image_must_be_a_string(tmp_path):
     path = tmp_path / "test.de.json"
     path.write_text(json.dumps([{"image": 3, "caption": ["ein hund"], "image_id": "3"}]))
-    with pytest.raises(AnnotationError, match=re.escape("test.de.json:1: an image path must be a non-empty string, got 3")):
+    message = "test.de.json:1: an image path must be a non-empty string, got 3"
+    with pytest.raises(AnnotationError, match=re.escape(message)):
         read_eval_data("caption_json", path, ImageRoots(images=tmp_path))
 
 

@@ -1,4 +1,6 @@
 """The offline tokenizer trainer produces the XLM-R id layout and loads with AutoTokenizer."""
+import json
+
 import pytest
 
 from dataset.tokenizer import check_xlmr_layout, load_tokenizer, train_tokenizer
@@ -28,3 +30,24 @@ def test_layout_check_names_the_problem():
 
     with pytest.raises(ValueError, match="pad_token_id is 0"):
         check_xlmr_layout(Fake(), where="x")
+
+
+def test_a_text_encoder_folder_without_tokenizer_files_is_an_error(tmp_path):
+    from dataset.tokenizer import TokenizerError
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "vocab_size": 250002}))
+    with pytest.raises(TokenizerError, match=rf"{tmp_path}: the text encoder folder holds no tokenizer file"):
+        load_tokenizer(tmp_path)
+
+
+def test_the_tokenizer_must_match_the_models_vocabulary(tmp_path):
+    from dataset.tokenizer import TokenizerError
+
+    folder = train_tokenizer(TEXTS, tmp_path / "tok", vocab_size=120)
+    ids = len(load_tokenizer(folder))
+    (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "vocab_size": ids + 1}))
+    with pytest.raises(TokenizerError, match=rf"tok: the tokenizer has {ids} ids but config.json's vocab_size .* is "
+                                             rf"{ids + 1}"):
+        load_tokenizer(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "vocab_size": ids}))
+    assert len(load_tokenizer(folder)) == ids
