@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from dataset.checked import BadRecordError
+from dataset.errors import BadRecordError
 
 # As the reference: web-crawled JPEGs are often cut short by a few bytes and are still used, and large images are
 # not refused (these are module-wide PIL settings).

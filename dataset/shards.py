@@ -64,7 +64,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from dataset.checked import AnnotationError, BadDataError, BadRecordError, parse_json_line
+from dataset.errors import AnnotationError, BadDataError, BadRecordError
+from dataset.jsondoc import parse_json_line
 from dataset.sources import DataPath, file_size, list_data_files, open_binary
 
 logger = logging.getLogger(__name__)

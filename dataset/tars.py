@@ -51,7 +51,7 @@ from typing import Iterator, Sequence
 from webdataset import TarWriter
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
-from dataset.checked import parse_json_line
+from dataset.jsondoc import parse_json_line
 from dataset.shards import BadDataError, BadRecordError, ShardedSource, file_order, ranges_between
 from dataset.sources import DataPath, list_data_files, open_binary, read_many
 from utils.dist import all_gather_object, is_dist

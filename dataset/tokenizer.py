@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from dataset.checked import read_json
+from dataset.jsondoc import read_json
 from utils.errors import UserError
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]

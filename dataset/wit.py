@@ -16,7 +16,8 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from dataset.checked import PathLike, iter_jsonl, open_text, require, string_field, where
+from dataset.checked import (PathLike, RecordReader, jsonl_lines, open_text, parse_jsonl_record, require,
+                             string_field, where)
 from utils.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ def prepare_wit(config: dict, root: Path) -> None:
             raise ConfigError(f"--gmt: config 'wit_preproc' needs {sorted(WIT_PREPROC_GMT_KEYS)} to make the "
                               "translate-test files")
         folders.append((block["gmt_annotations"], block["gmt_out_dir"]))
-    for annotations, out in folders:
-        _join_missing(root / str(annotations), root / str(out), root / str(block["train_pixels"]),
+    for folder, out in folders:
+        _join_missing(root / str(folder), root / str(out), root / str(block["train_pixels"]),
                       root / str(block["test_pixels"]))
 
 
@@ -116,21 +117,32 @@ def join_wit_images(annotation_files: list[PathLike], pixel_files: list[PathLike
     kept.
     """
     annotation_files = [Path(p) for p in annotation_files]
-    wanted = set()
+    wanted, usable = set(), {}
     for path in annotation_files:
-        for line_no, record in iter_jsonl(path):
-            at = where(path, line_no)
-            require(record, ("image_url", "caption_reference_description"), at)
-            wanted.add(string_field(record, "image_url", at))
+        usable[path] = _usable_lines(path, wanted)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spool_path = out_dir / f".wit-pixels-{os.getpid()}.tmp"
     try:
         with open(spool_path, "w+b") as spool:
             found = _spool_pixels(wanted, [Path(p) for p in pixel_files], spool)
-            return {path.name: _write_joined(path, out_dir / path.name, found, spool) for path in annotation_files}
+            return {path.name: _write_joined(path, usable[path], out_dir / path.name, found, spool)
+                    for path in annotation_files}
     finally:
         spool_path.unlink(missing_ok=True)
+
+
+def _usable_lines(path: Path, wanted: set) -> set[int]:
+    """The byte offsets of ``path``'s usable lines (a bad one raises, or with skip_bad_samples is counted and left
+    out); their image URLs are added to ``wanted``."""
+    offsets = set()
+    with RecordReader(path) as reader:
+        for at, offset, record in reader.jsonl(with_offsets=True):
+            with reader.record(at):
+                require(record, ("image_url", "caption_reference_description"), at)
+                wanted.add(string_field(record, "image_url", at))
+                offsets.add(offset)
+    return offsets
 
 
 def _spool_pixels(wanted: set, pixel_files: list[Path], spool) -> dict[str, tuple[int, int]]:
@@ -146,12 +158,17 @@ def _spool_pixels(wanted: set, pixel_files: list[Path], spool) -> dict[str, tupl
     return found
 
 
-def _write_joined(path: Path, out: Path, found: dict[str, tuple[int, int]], spool) -> tuple[int, int]:
-    """Write ``path``'s records that have pixels, with ``image_content``, to ``out`` (atomically); (written, missing)."""
+def _write_joined(path: Path, usable: set[int], out: Path, found: dict[str, tuple[int, int]],
+                  spool) -> tuple[int, int]:
+    """Write ``path``'s usable records (by byte offset) that have pixels, with ``image_content``, to ``out``
+    (atomically); (written, missing)."""
     written = missing = 0
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for _, record in iter_jsonl(path):
+        for line_no, offset, raw in jsonl_lines(path):
+            if offset not in usable:
+                continue
+            record = parse_jsonl_record(raw, where(path, line_no))
             location = found.get(record["image_url"])
             if location is None:
                 missing += 1

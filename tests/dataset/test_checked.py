@@ -1,26 +1,9 @@
-"""The checked-reading core: JSON lines and documents with file and line in every error; every IGLUE sample file
-goes through the reader its task uses."""
-import json
-
+"""The checked-reading layer: every IGLUE sample file goes through the reader its task uses; skipped records are
+counted per file and stop the run past the bad fraction."""
 import pytest
 
-from dataset.checked import AnnotationError, iter_jsonl, read_json
+from dataset.checked import AnnotationError
 from dataset.retrieval import ImageRoots, read_eval_data, read_train_pairs
-
-
-def test_jsonl_reader_lines_offsets_bom_and_no_final_newline(tmp_path):
-    path = tmp_path / "a.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{"a": "\xc3\xa9"}')
-    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (3, {"a": "é"})]
-    assert [offset for _, offset, _ in iter_jsonl(path, with_offsets=True)] == [0, 13]
-    path.write_text('{"a": 1}\n[1, 2]\n')
-    with pytest.raises(AnnotationError, match="a.jsonl:2: expected a JSON object, got list"):
-        list(iter_jsonl(path))
-    with pytest.raises(AnnotationError, match="annotation file not found"):
-        list(iter_jsonl(tmp_path / "none.jsonl"))
-    (tmp_path / "b.json").write_text('[\n{"a": 1},\n{"a" 2}\n]')
-    with pytest.raises(AnnotationError, match="b.json:3: malformed JSON"):
-        read_json(tmp_path / "b.json")
 
 
 def read_any_sample_file(path, rel, tmp_path):
@@ -55,30 +38,6 @@ def test_every_sample_file_has_a_reader(iglue_sample, tmp_path):
     for path in files:
         rel = path.relative_to(iglue_sample / "datasets").as_posix()
         assert read_any_sample_file(path, rel, tmp_path) >= 3, rel
-
-
-def test_document_records_know_their_lines_through_a_bom_crlf_and_pretty_printing(tmp_path):
-    from dataset.checked import read_json_records
-
-    records = [{"a": 1, "b": [1, 2]}, {"a": 2}, {"a": 3, "c": {"d": "e"}}]
-    text = "\ufeff" + json.dumps(records, indent=2).replace("\n", "\r\n")
-    (tmp_path / "d.json").write_bytes(text.encode("utf-8"))
-    found = read_json_records(tmp_path / "d.json")
-    lines = text.split("\r\n")
-    assert [lines[item.line - 1].strip() for item in found.items] == ["{", "{", "{"]
-    assert [item.value for item in found.items] == records
-    assert found.form == "list" and found.line == 1
-
-
-def test_a_duplicate_key_deep_inside_a_record_is_reported_at_its_own_line(tmp_path):
-    (tmp_path / "d.json").write_text('[\n {"a": 1},\n {"a": {\n   "x": 1,\n   "x": 2}}\n]\n')
-    from dataset.checked import read_json_records
-
-    items = read_json_records(tmp_path / "d.json").items
-    assert items[0].error is None and items[1].line == 3
-    assert items[1].error == (5, "duplicate key 'x' (first at line 4)")
-    with pytest.raises(AnnotationError, match=r"d\.json:5: duplicate key 'x' \(first at line 4\)"):
-        read_json(tmp_path / "d.json")
 
 
 def test_skipping_counts_per_file_and_stops_past_the_bad_fraction(tmp_path):

@@ -22,3 +22,21 @@ def test_join_wit_images_keeps_line_order_first_pixels_and_no_scratch(tmp_path):
     assert [(r["image_url"][-3:], r["caption_reference_description"], r["image_content"]) for r in joined] == [
         ("u/b", "caption 0", "BBBB"), ("u/a", "caption 1", "AAAA"), ("u/b", "caption 3", "BBBB")]
     assert json.loads((out / "test_en.jsonl").read_text())["image_content"] == "CCCC"
+
+
+def test_join_stops_at_a_bad_line_or_with_skipping_leaves_it_out(tmp_path):
+    import pytest
+
+    from dataset.checked import AnnotationError, configure_reading, read_report
+
+    ann = tmp_path / "test_en.jsonl"
+    ann.write_text('{"image_url": "https://x/a", "caption_reference_description": "a"}\n{"image_url": 3}\n'
+                   '{"image_url": "https://x/b", "caption_reference_description": "b"}\n')
+    (tmp_path / "p.tsv").write_text("https://x/a\tAAAA\nhttps://x/b\tBBBB\n")
+    with pytest.raises(AnnotationError, match=r"test_en\.jsonl:2: missing key"):
+        join_wit_images([ann], [tmp_path / "p.tsv"], tmp_path / "out")
+    configure_reading({"skip_bad_samples": True, "max_bad_fraction": 0.5})
+    assert join_wit_images([ann], [tmp_path / "p.tsv"], tmp_path / "out") == {"test_en.jsonl": (2, 0)}
+    assert read_report()[str(ann)] == {"read": 3, "skipped": 1}
+    joined = [json.loads(line) for line in (tmp_path / "out/test_en.jsonl").read_text().splitlines()]
+    assert [r["image_content"] for r in joined] == ["AAAA", "BBBB"]
