@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from dataset.checked import configure_reading, read_report
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
 from tasks.cli import HANDOFF_ENV, build_config, task_parser
@@ -179,6 +180,9 @@ def write_task_results(run: Run, rows: Mapping, primary: str, title: str, note: 
     config = run.config
     facts = {"task": run.info.name, "checkpoint": config.get("checkpoint"), "fewshot": config.get("fewshot"),
              "translate_test": bool(config.get("gmt")), **extra}
+    if read_report():  # per annotation file read: records read and bad ones skipped (docs/data-formats.md)
+        facts["read_report"] = read_report()
+        logger.info("annotation files read: %s", json.dumps(facts["read_report"]))
     return write_results(run.output_dir, rows, primary=primary, title=title, note=note, extra=facts, iglue=iglue,
                          row_name=row_name)
 
@@ -222,6 +226,7 @@ def prepare_inputs(kind: TaskKind, run: Run) -> None:
     """The data root, the kind's one-time preparation (rank 0; the others wait), the text encoder and tokenizer."""
     check_given_files(run.config)
     run.root = resolve_data_root(run.config)
+    configure_reading(run.config)  # skip_bad_samples / max_bad_fraction for every annotation reader of the run
     if run.env.is_main:
         kind.prepare(run)
     barrier()
