@@ -30,6 +30,14 @@ def add_repo_to_path(root: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def use_passive_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless set): on a shared machine
+    with more runnable threads than cores, the default spinning made a 2-thread op wait for a scheduler slice
+    whenever its partner thread was descheduled (~14 ms per small op, measured), so figures measured the load rather
+    than the work. Call before torch is imported (a script's ``__main__``; its worker processes inherit it)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def golden_dir(path: str | os.PathLike | None) -> Path:
     """The golden fixture folder given on the command line, or a clear error when it is absent."""
     if path is None:
@@ -92,12 +100,21 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def rss_mib() -> float:
+    """Resident memory of this process now (MiB; Linux /proc, else the peak)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mib()
+
+
 def machine_facts() -> dict:
     """What the figures depend on: CPU, thread count, load (other people's jobs), versions."""
     import torch
 
     facts = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
              "torch_threads": torch.get_num_threads(), "load_avg_1_5_15": list(os.getloadavg()),
+             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
              "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()}
     try:
         model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -99,4 +99,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    common.use_passive_openmp()
     sys.exit(main())

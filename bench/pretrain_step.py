@@ -159,7 +159,8 @@ def run_worker(args) -> None:
     def handle(request: dict) -> dict:
         batch = batches[request["batch"]]
         times = [common.timed(lambda: step(batch)) for _ in range(int(request.get("steps", 1)))]
-        return {"wall": [w for w, _ in times], "cpu": [c for _, c in times], "peak_rss_mib": common.peak_rss_mib()}
+        return {"wall": [w for w, _ in times], "cpu": [c for _, c in times], "peak_rss_mib": common.peak_rss_mib(),
+                "rss_mib": common.rss_mib()}
 
     common.serve(handle, {"params": params, "rss_after_build_mib": common.peak_rss_mib()})
 
@@ -270,4 +271,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    common.use_passive_openmp()
     sys.exit(main())

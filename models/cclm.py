@@ -198,6 +198,12 @@ class CCLMBase(nn.Module):
                                      text_atts=text_atts, memory_index=memory_index,
                                      output_positions=_cls_positions(text))[:, 0]
 
+    def fusion_memory(self, image_embeds: torch.Tensor, image_atts: torch.Tensor | None = None):
+        """The cross-attention keys/values of ``image_embeds`` for every fusion layer, projected once: a
+        ``CrossMemory`` that ``get_cross_embeds`` / ``get_cross_cls`` take in place of the image embeds (with
+        ``image_atts`` None) for any number of texts."""
+        return self.text_encoder.project_memory(image_embeds, image_atts)
+
     def get_text_embeds_together(self, texts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
         """Text-mode states of several (ids, mask) batches in one encoder pass (padded to a common length)."""
         if len(texts) == 1:

@@ -48,6 +48,26 @@ CROSS_ATTENTION_MASK_VALUE = -1e9
 TEXT_MODES = ("text", "fusion", "multi_modal")
 
 
+class _KeyValues(NamedTuple):
+    """One fusion layer's cross-attention keys and values of a memory: rows x heads x S x head_dim each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+class CrossMemory(NamedTuple):
+    """A cross-attention memory whose keys and values are already projected for every fusion layer
+    (:meth:`TextBackbone.project_memory`), so fusion passes over the same memory rows (e.g. many batches of texts
+    paired with the same images) do not project them again. Pass it as ``encoder_hidden_states``."""
+
+    layers: tuple[_KeyValues, ...]  # one per fusion layer
+    mask: torch.Tensor | None       # 0/1 rows x S (None: every position is attended)
+
+    @property
+    def rows(self) -> int:
+        return self.layers[0].keys.shape[0] if self.layers else 0
+
+
 def _use_fast_dropout(module: nn.Module) -> None:
     """Swap every ``nn.Dropout`` inside ``module`` for :class:`FastDropout` (same rate; dropout has no state)."""
     for parent in module.modules():
@@ -68,11 +88,15 @@ def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     In a cross-attention block, ``cclm_memory_index`` (N,) maps each of the N query rows to a row of the memory's
     keys/values, so that a memory shared by several rows is projected once (see ``TextBackbone.forward``).
     """
-    if cclm_memory_index is not None and isinstance(module, XLMRobertaCrossAttention):
-        key, value = key.index_select(0, cclm_memory_index), value.index_select(0, cclm_memory_index)
+    shared_memory = cclm_memory_index is not None and isinstance(module, XLMRobertaCrossAttention)
     query = query / math.sqrt(query.shape[-1])
     if attention_mask is not None and attention_mask.dtype != query.dtype:  # under autocast
         attention_mask = attention_mask.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
+    if shared_memory and query.device.type == "cpu" and not torch.is_grad_enabled():
+        probs_dropout = partial(fast_dropout, p=dropout, training=module.training)
+        return _attention_by_memory_row(query, key, value, attention_mask, cclm_memory_index, probs_dropout), None
+    if shared_memory:
+        key, value = key.index_select(0, cclm_memory_index), value.index_select(0, cclm_memory_index)
     if use_sdpa and (SDPA_ON_CPU or query.device.type != "cpu"):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                              is_causal=False, scale=1.0)
@@ -83,6 +107,34 @@ def _cclm_attention(module, query, key, value, attention_mask, dropout=0.0, scal
         probs = fast_dropout(softmax_last_dim(scores), dropout, module.training)
         out = torch.matmul(probs, value)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _attention_by_memory_row(query, key, value, mask, memory_index, probs_dropout) -> torch.Tensor:
+    """Attention of N query rows (N x heads x L x d, already scaled) to the keys/values of memory row
+    ``memory_index[r]`` (M x heads x S x d; ``mask`` N x 1 x 1 x S), without a copy of each row's keys/values
+    (on CPU, gathering them cost more than the attention itself): the rows of one memory row attend together, their
+    positions stacked (heads x rows*L x d). Returns N x L x heads x d."""
+    rows, heads, length, dim = query.shape
+    ordered = bool((memory_index[1:] >= memory_index[:-1]).all())
+    order = None if ordered else memory_index.argsort(stable=True)
+    if order is not None:
+        query, memory_index = query.index_select(0, order), memory_index.index_select(0, order)
+        mask = None if mask is None else mask.index_select(0, order)
+    out = query.new_empty((rows, length, heads, dim))
+    memory_rows, counts = torch.unique_consecutive(memory_index, return_counts=True)
+    start = 0
+    for m, count in zip(memory_rows.tolist(), counts.tolist()):
+        stop = start + count
+        q = query[start:stop].transpose(0, 1).reshape(heads, count * length, dim)
+        scores = torch.matmul(q, key[m].transpose(-1, -2))
+        if mask is not None:
+            scores = scores + mask[start, 0]
+        probs = probs_dropout(softmax_last_dim(scores))
+        out[start:stop] = torch.matmul(probs, value[m]).view(heads, count, length, dim).permute(1, 2, 0, 3)
+        start = stop
+    if order is not None:
+        out = torch.empty_like(out).index_copy_(0, order, out)
+    return out
 
 
 def _cclm_sdpa(module, query, key, value, attention_mask, **kwargs):
@@ -156,6 +208,13 @@ class TextBackbone(nn.Module):
             layer.gradient_checkpointing = enable
             layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
 
+    def project_memory(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> CrossMemory:
+        """The cross-attention keys and values of ``states`` (M x S x width, 0/1 ``mask`` M x S) for every fusion
+        layer, computed once (see :class:`CrossMemory`)."""
+        layers = tuple(_memory_keys_values(layer.crossattention.self, states)
+                       for layer in self.encoder.layer[self.fusion_layer:])
+        return CrossMemory(layers, mask)
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 encoder_embeds: torch.Tensor | None = None,
                 encoder_hidden_states: torch.Tensor | Sequence[torch.Tensor] | None = None,
@@ -170,6 +229,8 @@ class TextBackbone(nn.Module):
         ``(k - fusion_layer) % len(list)``, with the mask list indexed the same way.
         ``memory_index`` (B,) says which row of a single memory tensor (M x S x width, mask M x S) each text row
         attends to: the memory's keys/values are then projected once per memory row, not once per text row.
+        ``encoder_hidden_states`` may also be a :class:`CrossMemory` (keys/values projected beforehand; its mask
+        replaces ``encoder_attention_mask``).
 
         ``output_positions`` (B x P) asks for the states at those positions only (e.g. [[0]] for the CLS): the last
         layer then computes just them (its keys and values still cover every position) and the result is B x P x
@@ -202,6 +263,10 @@ class TextBackbone(nn.Module):
         self_mask = extended_self_attention_mask(attention_mask, hidden.dtype)
         layer_kwargs = {}
         if start < stop and stop > self.fusion_layer:
+            if isinstance(encoder_hidden_states, CrossMemory):
+                _check_cross_memory(encoder_hidden_states, self.num_layers - self.fusion_layer,
+                                    encoder_attention_mask)
+                encoder_attention_mask = encoder_hidden_states.mask
             memories, memory_masks, memory_index = _prepare_memory(encoder_hidden_states, encoder_attention_mask,
                                                                    memory_index, hidden.shape[0], hidden.dtype)
             if memory_index is not None:
@@ -226,6 +291,8 @@ class TextBackbone(nn.Module):
                                            **layer_kwargs)
             if packing is not None:
                 hidden = _packed_layer(layer, hidden, packing, self_mask, memory, memory_mask, **layer_kwargs)
+            elif isinstance(memory, _KeyValues):
+                hidden = _layer_with_keys_values(layer, hidden, self_mask, memory, memory_mask, **layer_kwargs)
             else:
                 hidden = layer(hidden, self_mask, memory, encoder_attention_mask=memory_mask, **layer_kwargs)
         if packing is not None:
@@ -288,8 +355,7 @@ def _packed_layer_forward(layer, hidden, packing, self_mask, memory, memory_mask
         cross = layer.crossattention.self
         heads = cross.num_attention_heads
         q = packing.unpack(cross.query(states)).view(packing.rows, packing.length, heads, -1).transpose(1, 2)
-        k = cross.key(memory).view(*memory.shape[:2], heads, -1).transpose(1, 2)
-        v = cross.value(memory).view(*memory.shape[:2], heads, -1).transpose(1, 2)
+        k, v = _memory_keys_values(cross, memory)
         out = _attention_of(cross, q, k, v, memory_mask, **kwargs)
         states = layer.crossattention.output(packing.pack(out.reshape(packing.rows, packing.length, -1)), states)
     return layer.feed_forward_chunk(states)
@@ -301,6 +367,39 @@ def _attention_of(module, q, k, v, mask, **kwargs) -> torch.Tensor:
                              use_sdpa=module.config._attn_implementation == ATTENTION_IMPLEMENTATIONS["sdpa"],
                              **kwargs)
     return out
+
+
+def _memory_keys_values(cross: XLMRobertaCrossAttention, memory: torch.Tensor | _KeyValues) -> _KeyValues:
+    """Keys and values of a memory (rows x S x width) for the cross-attention ``cross``; projected ones pass."""
+    if isinstance(memory, _KeyValues):
+        return memory
+    shape = (*memory.shape[:2], cross.num_attention_heads, cross.attention_head_size)
+    return _KeyValues(cross.key(memory).view(shape).transpose(1, 2), cross.value(memory).view(shape).transpose(1, 2))
+
+
+def _cross_attention_block(layer: XLMRobertaLayer, states, memory, memory_mask, **kwargs) -> torch.Tensor:
+    """``layer.crossattention`` (attention, output projection, residual LayerNorm) on ``states`` (rows x L x D),
+    the memory a tensor or its projected keys/values."""
+    if not isinstance(memory, _KeyValues):
+        return layer.crossattention(states, None, memory, memory_mask, **kwargs)[0]
+    cross = layer.crossattention.self
+    rows = states.shape[0]
+    q = cross.query(states).view(rows, -1, cross.num_attention_heads, cross.attention_head_size).transpose(1, 2)
+    out = _attention_of(cross, q, memory.keys, memory.values, memory_mask, **kwargs)
+    return layer.crossattention.output(out.reshape(rows, states.shape[1], -1), states)
+
+
+def _layer_with_keys_values(layer: XLMRobertaLayer, hidden, self_mask, memory: _KeyValues, memory_mask, **kwargs):
+    """A fusion layer whose memory's keys/values are already projected (what ``layer(...)`` computes)."""
+    if layer.gradient_checkpointing and torch.is_grad_enabled():
+        return checkpoint(partial(_layer_with_keys_values_forward, layer, self_mask=self_mask, memory=memory,
+                                  memory_mask=memory_mask, **kwargs), hidden, use_reentrant=False)
+    return _layer_with_keys_values_forward(layer, hidden, self_mask, memory, memory_mask, **kwargs)
+
+
+def _layer_with_keys_values_forward(layer, hidden, self_mask, memory, memory_mask, **kwargs):
+    states, _ = layer.attention(hidden, self_mask)
+    return layer.feed_forward_chunk(_cross_attention_block(layer, states, memory, memory_mask, **kwargs))
 
 
 def _states_at(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -329,7 +428,7 @@ def _layer_at_positions(layer: XLMRobertaLayer, hidden, positions, self_mask, me
     out = _attention_of(attn, q, k, v, self_mask)
     states = layer.attention.output(out.reshape(rows, queries.shape[1], -1), queries)
     if memory is not None:
-        states, _ = layer.crossattention(states, None, memory, memory_mask, **kwargs)
+        states = _cross_attention_block(layer, states, memory, memory_mask, **kwargs)
     return layer.feed_forward_chunk(states)
 
 
@@ -348,23 +447,36 @@ def _prepare_memory(states, masks, memory_index, num_rows: int, dtype):
     With ``memory_index`` the memory is kept compact and the masks are expanded to one row per text.
     """
     if memory_index is not None:
-        if states is None or not isinstance(states, torch.Tensor):
-            raise ValueError("memory_index needs encoder_hidden_states as a single tensor (M x S x width)")
-        memory_index = memory_index.to(device=states.device, dtype=torch.long).reshape(-1)
+        if not isinstance(states, (torch.Tensor, CrossMemory)):
+            raise ValueError("memory_index needs encoder_hidden_states as a single tensor (M x S x width) or a "
+                             "CrossMemory")
+        rows = states.rows if isinstance(states, CrossMemory) else states.shape[0]
+        device = states.layers[0].keys.device if isinstance(states, CrossMemory) else states.device
+        memory_index = memory_index.to(device=device, dtype=torch.long).reshape(-1)
         if memory_index.shape[0] != num_rows:
             raise ValueError(f"memory_index has {memory_index.shape[0]} entries for {num_rows} text rows")
-        if host_checkable(memory_index) and (int(memory_index.min()) < 0 or int(memory_index.max()) >= states.shape[0]):
-            raise ValueError(f"memory_index values must lie in [0, {states.shape[0]}) (the memory's rows)")
+        if host_checkable(memory_index) and (int(memory_index.min()) < 0 or int(memory_index.max()) >= rows):
+            raise ValueError(f"memory_index values must lie in [0, {rows}) (the memory's rows)")
     memories, memory_masks = _as_memory_lists(states, masks, dtype)
     if memory_index is not None:
         memory_masks = [None if m is None else m.index_select(0, memory_index) for m in memory_masks]
     return memories, memory_masks, memory_index
 
 
+def _check_cross_memory(memory: CrossMemory, fusion_layers: int, mask) -> None:
+    if len(memory.layers) != fusion_layers:
+        raise ValueError(f"the CrossMemory holds keys/values of {len(memory.layers)} fusion layers, this encoder has "
+                         f"{fusion_layers}")
+    if mask is not None:
+        raise ValueError("a CrossMemory carries its own mask: pass encoder_attention_mask=None")
+
+
 def _as_memory_lists(states, masks, dtype):
     """Normalise single/list encoder states and masks into two equal-length lists of additive masks."""
     if states is None:
         return [], []
+    if isinstance(states, CrossMemory):  # one entry per fusion layer, all with the memory's mask
+        return list(states.layers), [extended_cross_attention_mask(masks, dtype)] * len(states.layers)
     if isinstance(states, torch.Tensor):
         states, masks = [states], [masks]
     elif masks is None:
@@ -445,6 +557,10 @@ class TextEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each layer in the backward pass (training only) to save activation memory."""
         self.bert.set_grad_checkpointing(enable)
+
+    def project_memory(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> CrossMemory:
+        """See :meth:`TextBackbone.project_memory`."""
+        return self.bert.project_memory(states, mask)
 
     def forward(self, input_ids=None, attention_mask=None, encoder_embeds=None, encoder_hidden_states=None,
                 encoder_attention_mask=None, mode: str = "multi_modal", memory_index=None,

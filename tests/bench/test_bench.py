@@ -147,3 +147,38 @@ def test_data_sources_runs_on_a_local_s3_server(tmp_path, local_s3):
     assert [row["source"] for row in result["rows"]] == ["jsonl + base64, local", "tar, local",
                                                          "tar, S3 (local moto server)"]
     assert all(row["images_per_s"] > 0 for row in result["rows"]) and result["rows"][0]["x_vs_jsonl"] == 1
+
+
+def test_retrieval_bench_compares_with_the_reference_algorithm(tmp_path, capsys):
+    """The retrieval bench on a tiny task model: every path's ranks match the reference algorithm's (exit 0)."""
+    import json
+
+    bench = load("retrieval_eval")
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--model", "configs/tiny/itr_multi30k.yaml", "--images", "6", "--texts-per-image", "3",
+                           "--k-test", "4", "--threads", "1", "--bf16", "--json", str(tmp_path / "r.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert [r["path"] for r in rows] == ["reference algorithm", "ours", "ours, bf16 fusion"]
+    assert all(r["identical_up_to_ties"] for r in rows) and rows[2]["stats"]["dtype"] == "bfloat16"
+
+
+def test_reference_scorer_gives_the_model_scores():
+    """The bench's reference scorer (every fusion layer over every padded position, the memory per pair) gives the
+    scores of the model's own fusion pass (which skips padding and shares keys/values)."""
+    from tests.models.test_text_encoder import HIDDEN, make_encoder, padded_batch
+
+    bench = load("retrieval_eval")
+    model = torch.nn.Module()
+    model.text_encoder, model.itm_head = make_encoder(), torch.nn.Linear(HIDDEN, 2)
+    ids, atts = padded_batch()
+    text = model.text_encoder(ids, atts, mode="text")
+    memory, memory_atts = torch.randn(4, 5, HIDDEN), torch.ones(4, 5, dtype=torch.long)
+    memory_atts[2, 3:] = 0
+    fused = model.text_encoder(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=memory,
+                               encoder_attention_mask=memory_atts, mode="fusion")
+    expected = model.itm_head(fused[:, 0])[:, 1]
+    got = bench.reference_itm_logits(model)(memory, memory_atts, text, atts)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)

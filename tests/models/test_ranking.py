@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from models.ranking import (EncodedImages, EncodedTexts, evaluate_retrieval, order_by_score, recall_from_topk,
-                            rerank_topk, retrieval_metrics, shard_rows)
+from bench.retrieval_eval import one_query_at_a_time as reference_loop
+from models.ranking import (EncodedImages, EncodedTexts, contrastive_topk, encode_token_ids, evaluate_retrieval,
+                            order_by_score, recall_from_topk, rerank_topk, retrieval_metrics, shard_rows, similarities,
+                            used_lengths)
 from tests.processes import join_group, run_ranks
-from tests.retrieval_reference import one_query_at_a_time as reference_loop
 from utils.metrics import retrieval_recall
 
 
@@ -41,7 +42,7 @@ def random_encoded(n_img=12, n_txt=30, d=8, e=6, seed=1):
 
 
 def one_query_at_a_time(model, img, txt, k, direction):
-    return reference_loop(model.itm_logits, img, txt, k, direction)
+    return reference_loop(model.itm_logits, img, txt, k, direction)[0]
 
 
 def test_batched_rerank_equals_one_query_loop():
@@ -208,3 +209,109 @@ def test_unknown_direction_is_an_error():
     img, txt = random_encoded()
     with pytest.raises(ValueError, match="'i2t' and/or 't2i'"):
         rerank_topk(FakeFusion().eval(), img, txt, 5, 7, ("x2y",))["x2y"]
+
+
+class PaddingRecorder(FakeFusion):
+    """FakeFusion that records the text mask of every fusion forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.masks = []
+
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
+        self.masks.append(text_atts.clone())
+        return super().itm_logits(image_embeds, image_atts, text_embeds, text_atts, image_index)
+
+
+def test_fusion_batches_hold_texts_of_one_length_without_padding():
+    img, txt = random_encoded()  # texts of 3 to 6 real tokens padded to 7
+    model = PaddingRecorder().eval()
+    ranked = rerank_topk(model, img, txt, 5, 16)
+    assert len(model.masks) > 1
+    assert all(bool(mask.all()) for mask in model.masks)  # every position of every batch is a real token
+    assert {mask.shape[1] for mask in model.masks} == {3, 4, 5, 6}
+    assert max(mask.shape[0] for mask in model.masks) <= 16
+    for direction in ("i2t", "t2i"):
+        assert torch.equal(ranked[direction][0], one_query_at_a_time(FakeFusion().eval(), img, txt, 5, direction))
+
+
+class NoisyIn16Bit(FakeFusion):
+    """FakeFusion whose scores under 16-bit autocast carry a deterministic error of up to ``eps`` per pair."""
+
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def itm_logits(self, image_embeds, image_atts, text_embeds, text_atts, image_index=None):
+        low = torch.is_autocast_enabled("cpu")
+        with torch.autocast("cpu", enabled=False):
+            scores = super().itm_logits(image_embeds.float(), image_atts, text_embeds.float(), text_atts, image_index)
+        if not low:
+            return scores
+        rows = image_embeds[image_index] if image_index is not None else image_embeds
+        return scores + self.eps * torch.sin(1e4 * (text_embeds[:, 0, 0].float() + 7.3 * rows[:, 0, 0].float()))
+
+
+def test_16bit_rerank_gives_the_float32_order(monkeypatch):
+    """Under bf16 autocast the pairs whose 16-bit scores are too close are re-scored in float32: the ranks are the
+    float32 ones, although the 16-bit scores alone would order some queries differently."""
+    import models.ranking as ranking
+
+    monkeypatch.setattr(ranking, "CALIBRATION_PAIRS", 8)
+    img, txt = random_encoded()
+    exact = rerank_topk(NoisyIn16Bit(0.0).eval(), img, txt, 5, 16)
+    gaps = torch.cat([(s[:, :-1] - s[:, 1:]).reshape(-1) for _, s in exact.values()])
+    model = NoisyIn16Bit(float(gaps.median()) / 4).eval()  # flips some close candidates, not the far ones
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        noisy = {d: ranking.order_by_score(c, model.itm_logits(*_pairs_of(img, txt, c, d)).view(c.shape))[0]
+                 for d, c in ((d, r[0]) for d, r in exact.items())}
+        stats = {}
+        mixed = rerank_topk(model, img, txt, 5, 16, stats=stats)
+    assert any(not torch.equal(noisy[d], exact[d][0]) for d in exact)  # 16-bit scores alone: another order
+    for direction in exact:
+        assert torch.equal(mixed[direction][0], exact[direction][0]), direction
+    assert stats["calibration_pairs"] == 8 and 0 < stats["rescored_pairs"] < stats["pairs"] - 8
+    assert stats["max_error"] <= model.eps
+
+
+def _pairs_of(img, txt, cand, direction):
+    """(image embeds, atts, text embeds, atts) of every (query, candidate) pair of ``cand``, row-major."""
+    query = torch.arange(cand.shape[0]).repeat_interleave(cand.shape[1])
+    images, texts = (query, cand.reshape(-1)) if direction == "i2t" else (cand.reshape(-1), query)
+    ie = img.embeds[images]
+    return ie, torch.ones(ie.shape[:2], dtype=torch.long), txt.embeds[texts], txt.atts[texts]
+
+
+def test_stage_one_similarities_are_float32_under_autocast():
+    img, txt = random_encoded(n_img=40, n_txt=90, e=64)
+    expected = contrastive_topk(img, txt, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert similarities(img, txt).dtype == torch.float32
+        got = contrastive_topk(img, txt, 10)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+class LengthRecorder:
+    """A text model whose states are the ids themselves (zero at padding); records each batch's used lengths."""
+
+    def __init__(self):
+        self.batches = []
+
+    def text_embeds(self, ids, atts):
+        self.batches.append(used_lengths(atts).tolist())
+        return (ids * atts).float().unsqueeze(-1)
+
+    def text_feat(self, embeds):
+        return embeds[:, 0]
+
+
+def test_texts_are_encoded_in_batches_sorted_by_length_and_returned_in_order():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (23,), generator=g)
+    atts = (torch.arange(8) < lengths.unsqueeze(1)).long()
+    ids = torch.randint(3, 50, (23, 8), generator=g) * atts
+    model = LengthRecorder()
+    txt = encode_token_ids(model, ids, atts, 5, torch.device("cpu"))
+    assert torch.equal(txt.embeds.squeeze(-1), ids.float()) and torch.equal(txt.atts, atts)
+    seen = [n for batch in model.batches for n in batch]
+    assert seen == sorted(lengths.tolist()) and [len(b) for b in model.batches] == [5, 5, 5, 5, 3]

@@ -387,3 +387,50 @@ def test_build_text_encoder_from_pytorch_model_bin(tiny_xlmr_dir, tmp_path):
                                hf.state_dict()["roberta.encoder.layer.7.attention.output.dense.weight"])
     assert len(new_params) == 6 * 10
 
+
+def test_inference_attends_per_memory_row_like_the_gathered_keys():
+    """Without autograd on CPU, cross-attention batches the rows of each memory row (no per-row copy of its keys/
+    values); unsorted and sorted memory indices give what the gathered keys/values give."""
+    enc = make_encoder()
+    ids, atts = padded_batch()
+    memory = torch.randn(3, 5, HIDDEN)
+    memory_atts = torch.ones(3, 5, dtype=torch.long)
+    memory_atts[1, 2:] = 0
+    for index in (torch.tensor([2, 0, 2, 1]), torch.tensor([0, 1, 1, 2])):
+        expected = enc(ids, atts, encoder_hidden_states=memory[index], encoder_attention_mask=memory_atts[index])
+        with torch.no_grad():
+            got = enc(ids, atts, encoder_hidden_states=memory, encoder_attention_mask=memory_atts, memory_index=index)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_projected_memory_equals_the_memory_it_was_projected_from(grad):
+    enc = make_encoder()
+    ids, atts = padded_batch()
+    text = enc(ids, atts, mode="text")
+    memory = torch.randn(2, 5, HIDDEN)
+    memory_atts = torch.ones(2, 5, dtype=torch.long)
+    memory_atts[0, 4:] = 0
+    index = torch.tensor([1, 0, 1, 1])
+    positions = torch.tensor([[0], [0], [2], [0]])
+    with torch.set_grad_enabled(grad):
+        projected = enc.project_memory(memory, memory_atts)
+        for kwargs in ({}, {"output_positions": positions}):
+            expected = enc(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=memory,
+                           encoder_attention_mask=memory_atts, mode="fusion", memory_index=index, **kwargs)
+            got = enc(attention_mask=atts, encoder_embeds=text, encoder_hidden_states=projected, mode="fusion",
+                      memory_index=index, **kwargs)
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert len(projected.layers) == LAYERS - FUSION and projected.rows == 2
+
+
+def test_projected_memory_misuse_is_an_error():
+    enc = make_encoder()
+    ids, atts = padded_batch()
+    projected = enc.project_memory(torch.randn(2, 5, HIDDEN))
+    with pytest.raises(ValueError, match="carries its own mask"):
+        enc(ids, atts, encoder_hidden_states=projected, encoder_attention_mask=torch.ones(2, 5),
+            memory_index=torch.tensor([0, 1, 0, 1]))
+    shorter = projected._replace(layers=projected.layers[:1])
+    with pytest.raises(ValueError, match="1 fusion layers, this encoder has 2"):
+        enc(ids, atts, encoder_hidden_states=shorter, memory_index=torch.tensor([0, 1, 0, 1]))

@@ -11,6 +11,7 @@ from PIL import Image
 import Retrieval
 import WIT
 import xFlickrCO
+from bench.retrieval_eval import one_query_at_a_time, reference_itm_logits
 from dataset.retrieval import RetrievalEvalData, wit_image_file_name
 from dataset.tokenizer import load_tokenizer
 from models.factory import create_model
@@ -21,7 +22,6 @@ from tasks.retrieval import TrainCollate, per_process_batch
 from tasks.retrieval_data import choose_selection, fewshot_selection, load_standard_data, subset_eval_data
 from utils.schedule import LAST, EvaluationSchedule
 
-from tests.retrieval_reference import one_query_at_a_time
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "configs/base/retrieval.yaml"
@@ -134,7 +134,7 @@ def test_batched_rerank_equals_one_query_loop_on_the_retrieval_model(world):
     txt = encode_texts(adapter, texts, tokenizer, 40, 5, torch.device("cpu"))
     k = 5
     for direction in ("i2t", "t2i"):
-        expected = one_query_at_a_time(model.itm_score, img, txt, k, direction)
+        expected = one_query_at_a_time(reference_itm_logits(model), img, txt, k, direction)[0]
         for batch in (1, 7, 1000):
             got, scores = rerank_topk(adapter, img, txt, k, batch, (direction,))[direction]
             assert torch.equal(got, expected), (direction, batch)
@@ -426,3 +426,28 @@ def test_gmt_missing_file_names_the_gmt_key(world, tmp_path):
     with pytest.raises(FileNotFoundError, match="gmt_test_file.*annotations_machine-translate/xx"):
         xFlickrCO.main(["--config", str(ROOT / "configs/tiny/xflickrco.yaml"), "--evaluate", "--gmt", "--output_dir",
                         str(tmp_path), "--opts", *FAST, "test_languages=[en,xx]"])
+
+
+def test_bf16_rerank_gives_the_float32_ranks_on_the_retrieval_model(world):
+    """Under bf16 autocast (16-bit fusion, float32 re-score of the pairs too close to order) the stage-2 ranks are
+    the float32 ones."""
+    config = tiny("itr_multi30k.yaml")
+    config["text_encoder"] = prepare_text_encoder(config, world)
+    tokenizer = load_tokenizer(config["text_encoder"])
+    torch.manual_seed(0)
+    model = create_model("cclm_retrieval", config, root=world).eval()
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    texts = [c for entry in json.loads((world / "data/finetune/multi30k/test_2016_flickr.de.json").read_text())[:12]
+             for c in entry["caption"]]
+    images = torch.randn(9, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    adapter = CCLMView(model)
+    img = encode_images(adapter, [images], torch.device("cpu"))
+    txt = encode_texts(adapter, texts, tokenizer, 40, 5, torch.device("cpu"))
+    exact = rerank_topk(adapter, img, txt, 5, 7)
+    stats = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = rerank_topk(adapter, img, txt, 5, 7, stats=stats)
+    assert stats["dtype"] == "bfloat16" and stats["max_error"] > 0
+    for direction in exact:
+        assert torch.equal(mixed[direction][0], exact[direction][0]), direction
