@@ -83,6 +83,12 @@ TASKS: dict[str, TaskInfo] = {t.name: t for t in (
              "nothing: it generates its data", bs_keys=("images.batch_size", "texts_para.batch_size"),
              refuses={flag: "the demo trains from scratch in a few minutes"
                       for flag in ("resume", "evaluate", "fewshot", "gmt", "checkpoint")}),
+    TaskInfo("search", "Search.py", "configs/search.yaml", "configs/base/search.yaml",
+             "image search with a model: index a folder of images, query it in any language, caption an image",
+             "search.images (image folders), search.queries / search.captions (text files); usually run as "
+             "python3 Search.py index|query|caption", bs_keys=("search.batch_size",),
+             refuses={flag: "search uses a trained model as it is" for flag in ("resume", "evaluate", "fewshot", "gmt",
+                                                                                  "epoch", "lr")}),
 )}
 
 

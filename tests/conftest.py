@@ -128,3 +128,24 @@ def default_read_policy():
     from dataset.checked import configure_reading
 
     configure_reading({})
+
+
+@pytest.fixture(scope="session")
+def tiny_cclm_checkpoint(tmp_path_factory):
+    """A randomly initialised tiny retrieval model (configs/tiny/itr_multi30k.yaml: 64 px, 4 text layers) on the
+    200-image synthetic world, saved as our checkpoints are (``{'model', 'config'}``, the config with its prepared
+    text encoder folder): ``(path, config, data root)``."""
+    import torch
+
+    from models.factory import create_model
+    from tasks.environment import prepare_text_encoder, resolve_data_root
+    from utils.config import load_config
+
+    config = load_config(ROOT / "configs/tiny/itr_multi30k.yaml", schema=ROOT / "configs/base/retrieval.yaml")
+    root = resolve_data_root(config)
+    config["text_encoder"] = prepare_text_encoder(config, root)
+    torch.manual_seed(0)
+    model = create_model("cclm_retrieval", config, root=root)
+    path = tmp_path_factory.mktemp("tiny-cclm") / "checkpoint_best.pth"
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    return path, config, root

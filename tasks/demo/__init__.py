@@ -40,7 +40,8 @@ class DemoTask(TaskKind):
         started = time.perf_counter()
         encode = TextInputs(run.tokenizer, int(config["max_words"]), int(config["max_tokens"]))
         data = load_training_data(config, root, encode)
-        world = json.loads((root / "manifest.json").read_text(encoding="utf-8"))["params"]
+        # the world's parameters, and its folder: the held-out images and captions that Search.py can query
+        world = {**json.loads((root / "manifest.json").read_text(encoding="utf-8"))["params"], "root": str(root)}
         languages = list(demo["languages"] or world["languages"])
         heldout = load_heldout(root, languages, int(config["image_res"]), int(config["max_words"]))
         timings = {"data": time.perf_counter() - started}
