@@ -338,13 +338,14 @@ def read_file_list(path: Path, encoding: str) -> list[str]:
 
 
 def _json_list(path: Path, text: str) -> list:
+    """The list a .json input file holds (one-line errors naming the file)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list, got {type(data).__name__}")
-    return data
+    if isinstance(data, list):
+        return data
+    raise UserError(f"{path}: expected a JSON list, got {type(data).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- results
