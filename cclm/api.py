@@ -57,6 +57,7 @@ RELEASED_CONFIGS = {"pretrain": ("configs/Pretrain_4m.yaml", "configs/base/pretr
 PRETRAINING_ONLY = ("text_encoder.cls.", "bbox_head.")   # modules only a pre-training checkpoint has
 FINGERPRINT_MODULES = ("vision_proj.", "text_proj.", "itm_head.", "temp")
 DEFAULT_MAX_WORDS, DEFAULT_MAX_TOKENS = 30, 40
+TEXT_BATCH = 64
 PROGRESS_AFTER_BATCHES = 4  # progress=None shows a bar when an input takes more batches than this
 TEXT_CHUNK_BATCHES = 8      # texts are encoded this many batches at a time (bounds the memory of the states)
 
@@ -124,7 +125,7 @@ class CCLM:
                                              progress, "images")]
         return torch.cat(feats) if feats else torch.empty(0, self.embed_dim, device=self.device)
 
-    def encode_texts(self, texts: str | Sequence[str], batch_size: int = 64,
+    def encode_texts(self, texts: str | Sequence[str], batch_size: int = TEXT_BATCH,
                      progress: bool | None = None) -> torch.Tensor:
         """L2-normalised text features (N x E, float32, on the model's device) of texts in any language, cleaned and
         truncated as the evaluation does (``max_words`` words, ``max_tokens`` tokens)."""
@@ -160,7 +161,7 @@ class CCLM:
             oriented = sims.t() if direction == "t2i" else sims
             return Ranking(idx.cpu(), oriented.gather(1, idx).cpu(), direction, reranked=False)
         img = self._encode_images_full(images, batch_size, progress)
-        txt = self._encode_text_list(self.clean_texts(texts), 64)
+        txt = self._encode_text_list(self.clean_texts(texts), TEXT_BATCH)
         with torch.no_grad(), self.autocast():
             idx, scores = rerank_topk(self.view, img, txt, rerank_k, self.rerank_batch, directions=(direction,))[
                 direction]

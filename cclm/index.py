@@ -100,8 +100,8 @@ class ImageIndex:
             raise IndexFolderError(f"{meta_path}: damaged index ({' '.join(str(err).split())})") from None
         entries = meta.get("entries", [])
         if meta.get("format") != FORMAT_VERSION or features.shape[0] != len(entries):
-            raise IndexFolderError(f"{meta_path}: damaged index ({features.shape[0]} features for {len(entries)} files, "
-                              f"format {meta.get('format')})")
+            raise IndexFolderError(f"{meta_path}: damaged index ({features.shape[0]} features for {len(entries)} "
+                                   f"files, format {meta.get('format')})")
         return cls(folder, meta["model"], features.float(), entries, meta["features_file"])
 
     def save(self) -> None:
@@ -125,10 +125,11 @@ class ImageIndex:
         """A one-line error unless ``identity`` (cclm.CCLM.identity) makes the same features as the index's model."""
         differ = [k for k in IDENTITY_KEYS if self.identity.get(k) != identity.get(k)]
         if differ:
-            raise IndexFolderError(f"the index in {self.folder} was built by another model ({self.identity.get('checkpoint')}"
-                              f", {', '.join(f'{k} {self.identity.get(k)}' for k in differ)}) than "
-                              f"{identity.get('checkpoint')} ({', '.join(f'{k} {identity.get(k)}' for k in differ)}); "
-                              "use another index folder, or the index's checkpoint")
+            ours = ", ".join(f"{k} {self.identity.get(k)}" for k in differ)
+            theirs = ", ".join(f"{k} {identity.get(k)}" for k in differ)
+            raise IndexFolderError(f"the index in {self.folder} was built by another model "
+                                   f"({self.identity.get('checkpoint')}, {ours}) than {identity.get('checkpoint')} "
+                                   f"({theirs}); use another index folder, or the index's checkpoint")
 
     def is_current(self, path: Path, stat: os.stat_result) -> bool:
         """Whether ``path`` is indexed with its current size and modification time."""

@@ -208,8 +208,8 @@ def run_query(config: dict, out: Path) -> dict:
         queries += read_queries(Path(search["queries"]), search["encoding"], search.get("image_root"))
     if not queries:
         raise ConfigError("query: give --query TEXT or --queries FILE")
+    top_k, rerank_k = ranked_counts(search)
     model = load_model(config, index)
-    top_k, rerank_k = int(search["top_k"]), int(search.get("rerank_k") or 0)
     results = find_images(model, index, queries, top_k, rerank_k, int(search["text_batch_size"]))
     payload = {"command": "query", "index": str(index.folder.resolve()), "model": index.identity, "top_k": top_k,
                "rerank_k": rerank_k, "score": "itm" if rerank_k else "cosine",
@@ -242,10 +242,21 @@ def find_images(model: cclm.CCLM, index: ImageIndex, queries: list[Query], top_k
         group = rows[start:start + RERANK_QUERIES]
         union = sorted(set(group.flatten().tolist()))
         paths = [Path(index.entries[r]["path"]) for r in union]
-        ranking = model.rank(texts[start:start + RERANK_QUERIES], paths, top_k=min(top_k, rerank_k, len(union)),
+        ranking = model.rank(texts[start:start + RERANK_QUERIES], paths, top_k=min(top_k, len(union)),
                              rerank_k=min(rerank_k, len(union)))
         out += [[(str(paths[c]), s) for c, s in ranking[q]] for q in range(len(ranking))]
     return out
+
+
+def ranked_counts(search: dict) -> tuple[int, int]:
+    """(top_k, rerank_k), checked: only re-ranked results are ordered by the matching head."""
+    top_k, rerank_k = int(search["top_k"]), int(search.get("rerank_k") or 0)
+    if top_k < 1 or rerank_k < 0:
+        raise ConfigError(f"--top-k must be >= 1 and --rerank-k >= 0, got {top_k} and {rerank_k}")
+    if rerank_k and top_k > rerank_k:
+        raise ConfigError(f"--top-k {top_k} > --rerank-k {rerank_k}: only the re-ranked results are ordered by the "
+                          "matching head; ask for --top-k <= --rerank-k")
+    return top_k, rerank_k
 
 
 def run_caption(config: dict, out: Path) -> dict:
@@ -257,13 +268,12 @@ def run_caption(config: dict, out: Path) -> dict:
         captions += read_queries(Path(search["captions"]), search["encoding"], None)
     if not captions:
         raise ConfigError("caption: give --caption TEXT or --captions FILE")
+    top_k, rerank_k = ranked_counts(search)
+    top_k, rerank_k = min(top_k, len(captions)), min(rerank_k, len(captions))
     index = ImageIndex.load(search["index"]) if search.get("index") else None
     model = load_model(config, index)
-    top_k = min(int(search["top_k"]), len(captions))
-    rerank_k = min(int(search.get("rerank_k") or 0), len(captions))
     try:
-        ranking = model.rank([image], [c.text for c in captions], top_k=min(top_k, rerank_k or top_k),
-                             rerank_k=rerank_k)
+        ranking = model.rank([image], [c.text for c in captions], top_k=top_k, rerank_k=rerank_k)
     except ValueError as err:
         raise UserError(_name_query(err, captions)) from None
     payload = {"command": "caption", "image": str(image.resolve()), "model": model.identity, "top_k": top_k,
@@ -413,7 +423,9 @@ def main(argv: Sequence[str]) -> dict:
     """``Search.py index|query|caption [options]``, or the task flags of ``run.py --task search`` (the command and
     its inputs then come from the config's ``search:`` block)."""
     argv = list(argv)
-    if argv and argv[0] in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
+        subcommand_parser().parse_args(["--help"])  # prints the commands and exits
+    if argv[0] in COMMANDS:
         _log_to_stderr()
         return execute(config_from_subcommand(argv))
     run = start_run("Search.py", argv, TITLE)
