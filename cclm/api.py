@@ -34,7 +34,8 @@ from dataset.tokenizer import load_tokenizer
 from dataset.transforms import build_transform
 from models.cclm import resolve_path
 from models.factory import create_model
-from models.ranking import CCLMView, EncodedImages, EncodedTexts, candidates, encode_images, encode_texts, rerank_topk
+from models.ranking import CCLMView, EncodedImages, EncodedTexts, encode_images, encode_texts, rerank_topk
+from models.ranking import candidates as stage_one
 from models.vision import load_vision_config
 from models.weights.keys import strip_prefixes
 from models.weights.loading import load_state_dict_reporting
@@ -142,14 +143,15 @@ class CCLM:
         return fa.float() @ fb.float().t().to(fa.device)
 
     # ------------------------------------------------------------------------------------------ ranking
-    def rank(self, queries, candidates_, top_k: int = 10, rerank_k: int = 0, batch_size: int = 32,
+    def rank(self, queries, candidates, top_k: int = 10, rerank_k: int = 0, batch_size: int = 32,
              progress: bool | None = None) -> Ranking:
-        """Rank ``candidates_`` for each query, texts against images or images against texts.
+        """Rank ``candidates`` for each query, texts against images or images against texts (strings are texts;
+        images are paths as ``pathlib.Path``, PIL images or tensors).
 
         Stage 1 orders by contrastive similarity; with ``rerank_k`` the top ``rerank_k`` candidates of each query are
         re-scored by the matching head, in the retrieval evaluation's batched re-rank (``top_k <= rerank_k``)."""
-        direction = _direction(queries, candidates_)
-        texts, images = (queries, candidates_) if direction == "t2i" else (candidates_, queries)
+        direction = _direction(queries, candidates)
+        texts, images = (queries, candidates) if direction == "t2i" else (candidates, queries)
         if rerank_k < 0 or top_k < 1:
             raise ValueError(f"rank: top_k must be >= 1 and rerank_k >= 0, got top_k={top_k}, rerank_k={rerank_k}")
         if rerank_k and top_k > rerank_k:
@@ -157,7 +159,7 @@ class CCLM:
                              "the matching head; ask for top_k <= rerank_k")
         if not rerank_k:
             sims = self.similarity(self._features(images, batch_size, progress), self.encode_texts(texts))
-            idx = candidates(sims, top_k, direction)
+            idx = stage_one(sims, top_k, direction)
             oriented = sims.t() if direction == "t2i" else sims
             return Ranking(idx.cpu(), oriented.gather(1, idx).cpu(), direction, reranked=False)
         img = self._encode_images_full(images, batch_size, progress)
@@ -403,8 +405,8 @@ def _is_text(x) -> bool:
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(t, str) for t in x))
 
 
-def _direction(queries, candidates_) -> str:
-    q, c = _is_text(queries), _is_text(candidates_)
+def _direction(queries, candidates) -> str:
+    q, c = _is_text(queries), _is_text(candidates)
     if q == c:
         kind = "texts" if q else "images"
         raise ValueError(f"rank: queries and candidates are both {kind}; rank texts against images or images against "

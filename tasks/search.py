@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import cclm
 from cclm.index import ImageIndex, IndexingReport, index_images, scan_images
-from tasks.runner import start_run
+from tasks.environment import resolve_data_root, resolve_text_encoder
+from tasks.runner import check_given_files, start_run
 from tasks.search_pages import write_caption_page, write_query_page
 from utils.config import ConfigError, load_config, set_by_path
 from utils.dist import cleanup_distributed
@@ -57,7 +58,7 @@ OPTIONS = (
     Option(("--index",), "search.index", ALL, "the index folder", {}, ("index", "query")),
     Option(("--checkpoint",), "checkpoint", ALL, "the model: a released CCLM .th, a retrieval checkpoint or one of "
            "ours (default for query/caption: the index's)", {}),
-    Option(("--text-encoder",), "search.text_encoder", ALL, "folder with the tokenizer and the text encoder's "
+    Option(("--text-encoder",), "text_encoder", ALL, "folder with the tokenizer and the text encoder's "
            "config.json (default: the checkpoint's)", {}),
     Option(("--device",), "device", ALL, "auto (CUDA when available) | cuda | cpu", {}),
     Option(("--precision",), "precision", ALL, "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16", {}),
@@ -121,6 +122,9 @@ def config_from_subcommand(argv: Sequence[str]) -> dict:
 
 def execute(config: dict) -> dict:
     """Run the config's command; returns what results.json holds."""
+    check_given_files(config)
+    if config.get("text_encoder"):
+        config["text_encoder"] = resolve_text_encoder(str(config["text_encoder"]), resolve_data_root(config))
     command = config["search"]["command"]
     if command not in COMMANDS:
         raise ConfigError(f"config key 'search.command' must be one of {', '.join(COMMANDS)}, got {command!r}")
@@ -131,15 +135,15 @@ def execute(config: dict) -> dict:
 
 def load_model(config: dict, index: ImageIndex | None = None) -> cclm.CCLM:
     """The model of ``--checkpoint``, else the index's; it must be the index's model."""
-    search = config["search"]
     checkpoint = config.get("checkpoint") or (index.identity.get("checkpoint") if index is not None else None)
     if not checkpoint:
         raise ConfigError("no model: give --checkpoint (a CCLM checkpoint) or the --index it built")
-    text_encoder = search.get("text_encoder")
+    text_encoder = config.get("text_encoder")
     if text_encoder is None and index is not None and not config.get("checkpoint"):
         text_encoder = index.identity.get("text_encoder")
     precision = str(config.get("precision") or "auto")
-    model = cclm.load(checkpoint, text_encoder=text_encoder, device=str(config.get("device") or "auto"),
+    model = cclm.load(checkpoint, text_encoder=text_encoder, data_root=config.get("data_root"),
+                      device=str(config.get("device") or "auto"),
                       precision=precision)
     if index is not None:
         index.check_model(model.identity)

@@ -182,3 +182,21 @@ def test_reference_scorer_gives_the_model_scores():
     expected = model.itm_head(fused[:, 0])[:, 1]
     got = bench.reference_itm_logits(model)(memory, memory_atts, text, atts)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_api_overhead_bench_runs_and_writes_its_ratios(tmp_path, capsys):
+    import json
+
+    bench = load("api_overhead")
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--images", "6", "--queries", "6", "--batch", "4", "--rerank-k", "3", "--rounds", "1",
+                           "--threads", "1", "--json", str(tmp_path / "api.json")]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process's thread count
+    rows = json.loads((tmp_path / "api.json").read_text())["rows"]
+    assert {(r["what"], r["path"]) for r in rows} == {
+        ("images/tensors", "bare"), ("images/tensors", "api"), ("images/files", "bare"), ("images/files", "api"),
+        ("images/files", "index"), ("queries", "bare"), ("queries", "api"), ("rank+rerank", "bare"),
+        ("rank+rerank", "api")}
+    assert all(r["ratio"] > 0 for r in rows) and "time / bare" in capsys.readouterr().out

@@ -192,14 +192,27 @@ def test_tiny_checkpoints_of_every_layout_load_without_missing_or_unexpected_key
             assert torch.equal(tensor, model.state_dict()[name]), name
 
 
+XLMR_IDS = 250002
+
+
 @pytest.fixture(scope="module")
-def xlmr_large_folder(tmp_path_factory, tiny_tokenizer):
-    """An XLM-R-large config.json (24 layers; the models keep 12) with a tokenizer beside it."""
+def xlmr_large_folder(tmp_path_factory):
+    """An XLM-R-large config.json (24 layers; the models keep 12) beside a tokenizer of as many ids in XLM-R's
+    layout (made-up pieces: the test is about loading, not tokenising)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import XLMRobertaTokenizerFast
+
     path = tmp_path_factory.mktemp("xlmr-large")
-    XLMRobertaConfig(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+    XLMRobertaConfig(vocab_size=XLMR_IDS, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                      intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
                      layer_norm_eps=1e-5).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(str(path))
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    pieces = [(s, 0.0) for s in specials] + [(f"\u2581w{i}", -1.0) for i in range(XLMR_IDS - 5)] + [("<mask>", 0.0)]
+    unigram = Tokenizer(models.Unigram(pieces, unk_id=3))
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    XLMRobertaTokenizerFast(tokenizer_object=unigram, bos_token="<s>", eos_token="</s>", sep_token="</s>",
+                            cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+                            mask_token="<mask>").save_pretrained(str(path))
     return path
 
 
