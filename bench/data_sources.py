@@ -65,10 +65,9 @@ def write_sources(samples, folder: Path, shard_size: int, s3) -> dict[str, str]:
     from dataset.prepare import ShardOutput
 
     for name, fmt in (("jsonl", "jsonl"), ("tar", "tar")):
-        output = ShardOutput(str(folder / name), fmt, shard_size, overwrite=True)
-        for image, fields in samples:
-            output.add_image(image, fields, where="bench sample")
-        output.close()
+        with ShardOutput(str(folder / name), fmt, shard_size, overwrite=True) as output:
+            for image, fields in samples:
+                output.add_image(image, fields, where="bench sample")
     bucket = s3.make_bucket("bench-data")
     fs = s3.filesystem()
     fs.put([str(p) for p in sorted((folder / "tar").iterdir())], "bench-data/tar/")

@@ -87,7 +87,11 @@ SUFFIX = {"jsonl": ".jsonl", "tar": ".tar"}
 
 class ShardOutput:
     """Where the shards go: a local folder, or a URL (each finished shard is uploaded from a scratch folder, then
-    removed locally). ``format`` is ``jsonl`` (base64 images) or ``tar`` (image members + json)."""
+    removed locally). ``format`` is ``jsonl`` (base64 images) or ``tar`` (image members + json).
+
+    Used as ``with ShardOutput(...) as output:``: a normal exit finishes the last shard (``output.written`` lists
+    the shards), any exception removes everything written, so a bad row leaves no partial conversion behind.
+    """
 
     def __init__(self, out: str, format: str, shard_size: int, overwrite: bool):
         if format not in SUFFIX:
@@ -123,6 +127,26 @@ class ShardOutput:
 
     def add_record(self, record: dict) -> None:
         self.writer.add(record)
+
+    def __enter__(self) -> "ShardOutput":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            try:
+                self.close()  # uploads the last shard: it can still fail
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+        return False
+
+    def shards(self, nothing: str) -> list[str]:
+        """The shards written; a PrepareError with the message ``nothing`` when there is none."""
+        if not self.written:
+            raise PrepareError(nothing)
+        return self.written
 
     def close(self) -> list[str]:
         """Finish the last shard; the shards written (paths or URLs)."""
@@ -287,15 +311,11 @@ def prepare_images(images: Path, captions: Path, out, shard_size: int, image_col
     if not images.is_dir():
         raise PrepareError(f"{images}: image folder not found")
     grouped = group_rows_by_image(captions, image_column, languages)
-    output = ShardOutput(out, format, shard_size, overwrite)
-    try:
+    with ShardOutput(out, format, shard_size, overwrite) as output:
         for image, (where, caption_list) in grouped.items():
             data = read_image_file(images / image, where)
             output.add_image(data, {"caption": caption_list[0] if len(caption_list) == 1 else caption_list}, where)
-        return output.close()
-    except PrepareError:
-        output.abort()
-        raise
+    return output.written
 
 
 # ------------------------------------------------------------------------------------------------- jsonl -> tar
@@ -322,8 +342,7 @@ def iter_jsonl_records(paths) -> Iterator[tuple[str, dict]]:
 def prepare_tars_from_jsonl(jsonl, out, shard_size: int, image_key: str = "binary",
                             overwrite: bool = False) -> list[str]:
     """Rewrite image jsonl shards (base64 images) as tar shards: the image member + the other fields as json."""
-    output = ShardOutput(out, "tar", shard_size, overwrite)
-    try:
+    with ShardOutput(out, "tar", shard_size, overwrite) as output:
         for where, record in iter_jsonl_records(jsonl):
             value = record.pop(image_key, None)
             if not isinstance(value, str) or not value:
@@ -333,13 +352,7 @@ def prepare_tars_from_jsonl(jsonl, out, shard_size: int, image_key: str = "binar
             except (binascii.Error, ValueError) as exc:
                 raise PrepareError(f"{where}: invalid base64 image data ({exc})") from None
             output.add_image(data, record, where)
-        paths = output.close()
-    except PrepareError:
-        output.abort()
-        raise
-    if not paths:
-        raise PrepareError(f"{jsonl}: no record")
-    return paths
+    return output.shards(f"{jsonl}: no record")
 
 
 # ------------------------------------------------------------------------------------------------- stats
@@ -396,18 +409,11 @@ def prepare_parallel(tsv: Path, src_lang: str, tgt_lang: str, out, shard_size: i
     """Write parallel-text shards (streaming; nothing is left behind on a bad line); return their paths."""
     if not tsv.is_file():
         raise PrepareError(f"{tsv}: TSV file not found")
-    output = ShardOutput(out, "jsonl", shard_size, overwrite)
-    try:
+    with ShardOutput(out, "jsonl", shard_size, overwrite) as output:
         for source, target in read_tsv_pairs(tsv, header):
             output.add_record({"source_text": source, "target_text": target, "source_lang": src_lang,
                                "target_lang": tgt_lang})
-        paths = output.close()
-    except PrepareError:
-        output.abort()
-        raise
-    if not paths:
-        raise PrepareError(f"{tsv}: no sentence pair")
-    return paths
+    return output.shards(f"{tsv}: no sentence pair")
 
 
 # ------------------------------------------------------------------------------------------------- CLI

@@ -81,7 +81,8 @@ def test_bad_rows_name_file_and_line(tmp_path):
     (tmp_path / "bad.tsv").write_text("a\tb\nonly one column\n")
     with pytest.raises(PrepareError, match=r"bad\.tsv:2: expected 2 tab-separated columns, got 1"):
         main(["parallel", "--tsv", str(tmp_path / "bad.tsv"), "--src-lang", "en", "--tgt-lang", "de",
-              "--out", str(tmp_path / "o3")])
+              "--out", str(tmp_path / "o3"), "--shard-size", "1"])
+    assert not list((tmp_path / "o3").glob("*"))  # the finished first shard is removed too
     (tmp_path / "o4").mkdir()
     (tmp_path / "o4" / "part-00000.jsonl").write_text("{}\n")
     (tmp_path / "ok.tsv").write_text("a\tb\n")
