@@ -39,7 +39,7 @@ from transformers.models.xlm_roberta.modeling_xlm_roberta import XLMRobertaCross
 
 from models.fast_ops import FastDropout, fast_dropout, host_checkable, softmax_last_dim
 from models.weights.loading import load_state_dict_reporting
-from models.weights.xlmr import read_hf_state_dict, xlmr_to_text_encoder
+from models.weights.xlmr import xlmr_text_encoder_weights
 
 logger = logging.getLogger(__name__)
 
@@ -617,8 +617,7 @@ def build_text_encoder(text_encoder: str | Path, num_hidden_layers: int = 12, fu
     model = TextEncoder(config, fusion_layer, encoder_width, with_mlm_head, attn_implementation)
     if not load_params:
         return model, []
-    source = read_hf_state_dict(text_encoder)
-    converted = xlmr_to_text_encoder(source, num_hidden_layers)
+    converted = xlmr_text_encoder_weights(text_encoder, num_hidden_layers)
     if not with_mlm_head:
         converted = {k: v for k, v in converted.items() if not k.startswith("cls.")}
     report = load_state_dict_reporting(model, converted, what=f"text encoder from {text_encoder}")

@@ -125,6 +125,34 @@ def detect_layout(state_dict: dict) -> str:
     return "ours_pretrain" if any(k.startswith("text_encoder.cls.") for k in keys) else "ours_finetune"
 
 
+def checkpoint_task(state_dict: dict) -> str:
+    """The model a state dict was made for: 'pretrain', one of ``TASKS``, or '' when its keys do not say.
+
+    Pre-training has the MLM head (or the reference pre-training layout); then the heads decide: ``text_decoder``
+    (vqa), ``ta_head`` (nlvr_domain), ``itm_head`` (retrieval), ``cls_head`` (nlvr when the encoder has twice as
+    many fusion layers as text-only ones, as a two-image encoder of an even base depth has, else classification).
+    """
+    try:
+        layout = detect_layout(state_dict)
+    except ValueError:
+        return ""
+    if layout.endswith("pretrain"):
+        return "pretrain"
+    heads = {key.split(".", 1)[0] for key in state_dict}
+    for head, task in (("text_decoder", "vqa"), ("ta_head", "nlvr_domain"), ("itm_head", "retrieval")):
+        if head in heads:
+            return task
+    if "cls_head" not in heads:
+        return ""
+    pattern = _PRETRAIN_LAYER if layout.startswith("ours") else _ENCODER_LAYER
+    try:
+        fusion = _cross_attention_start(state_dict, pattern)
+    except ValueError:
+        return ""
+    num_fusion = layer_indices(state_dict, pattern)[-1] + 1 - fusion
+    return "nlvr" if num_fusion >= 2 * fusion else "classification"
+
+
 # --------------------------------------------------------------------------------------------- reference rules
 
 def resize_bias_tables(state_dict: dict, window_size: int | None, report: ConversionReport) -> dict:
@@ -292,9 +320,9 @@ def task_reference_to_ours(state_dict: dict, task: str, window_size: int | None 
     return out, report
 
 
-def ours_to_task_reference(state_dict: dict, task: str, model: nn.Module | None = None) -> dict:
-    """Our task-model keys -> the reference fine-tuning layout; with ``model``, its buffers are added as the
-    reference saves them (Swin index/mask, text position ids 0..P-1)."""
+def ours_to_task_reference(state_dict: dict, task: str, vision_encoder: nn.Module | None = None) -> dict:
+    """Our task-model keys -> the reference fine-tuning layout; with the model's ``vision_encoder``, the buffers are
+    added as the reference saves them (its Swin index/mask, the text position ids 0..P-1)."""
     _check_task(task)
     vision, rest = split_prefix(strip_prefixes(state_dict), VISION_PREFIX)
     bad = next((k for k in rest if k.startswith("text_encoder.cls.")), None)
@@ -302,9 +330,8 @@ def ours_to_task_reference(state_dict: dict, task: str, model: nn.Module | None 
         raise ValueError(f"key {bad!r}: a fine-tuning text encoder has no MLM head")
     out = {renamed(key, _OURS_TO_BARE) or key: value for key, value in rest.items()}
     if vision:
-        encoder = getattr(model, "vision_encoder", None) if model is not None else None
-        out.update(add_prefix(swin_ours_to_reference(vision, encoder=encoder), VISION_PREFIX))
-    if model is not None:
+        out.update(add_prefix(swin_ours_to_reference(vision, encoder=vision_encoder), VISION_PREFIX))
+    if vision_encoder is not None:
         for table, ids in OUR_POSITION_TABLES.items():
             if table in rest:
                 out[ids] = position_ids(rest[table])
@@ -339,7 +366,8 @@ def convert_for_task(state_dict: dict, task: str, window_size: int | None = None
     """Any supported checkpoint -> our task-model keys.
 
     - a pre-training checkpoint (the reference's, or ours, first brought to the reference layout): the reference's
-      fine-tuning rules (``is_eval`` must be False: the reference's eval load would leave the text encoder unloaded);
+      fine-tuning rules, also with ``is_eval`` (zero-shot evaluation: a raw load, as the reference's evaluation does,
+      would leave the text encoder unloaded and the bias tables at the pre-training window);
     - a fine-tuned checkpoint (the reference's, or ours, first brought to the reference layout): renames only with
       ``is_eval``; otherwise bias tables are also resized to ``window_size`` (and for the two-image tasks a 12-layer
       encoder gets its fusion layers duplicated), as the reference's non-eval loader does.
@@ -349,10 +377,6 @@ def convert_for_task(state_dict: dict, task: str, window_size: int | None = None
     state = strip_prefixes(state_dict)
     layout = detect_layout(state)
     if layout.endswith("pretrain"):
-        if is_eval:
-            raise ValueError("is_eval=True with a pre-training checkpoint (text_encoder.bert.* keys and an MLM head): "
-                             "an eval load takes a fine-tuned checkpoint as it is; load pre-trained weights with "
-                             "is_eval=False")
         if layout == "ours_pretrain":
             state = ours_to_reference(state)
         reference, report = pretrain_to_task_reference(state, task, window_size, num_fusion_pairs, num_dec_layers)

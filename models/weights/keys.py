@@ -59,3 +59,9 @@ def shape_mismatches(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, t
     """'key: file (shape) vs model (shape)' for every key both have with different shapes."""
     return [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
             for k, v in state_dict.items() if k in own and v.shape != own[k].shape]
+
+
+def summary(items: list[str], limit: int = 3) -> str:
+    """The first ``limit`` items, '; '-joined, and how many more there are (for one-line messages)."""
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more

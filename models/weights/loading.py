@@ -1,5 +1,6 @@
-"""Loading a state dict into a model and reporting every key: missing, unexpected, dropped on purpose, and the new
-task heads left at random initialisation."""
+"""Loading a checkpoint into a CCLM model: converted by the rules of the model's task, checked to fit (a
+:class:`CheckpointMismatchError` in one line otherwise), loaded, and every key reported: missing, unexpected,
+dropped on purpose, and the new task heads left at random initialisation."""
 from __future__ import annotations
 
 import logging
@@ -8,12 +9,18 @@ from pathlib import Path
 
 from torch import nn
 
+from models.weights.errors import CheckpointMismatchError
 from models.weights.files import read_state_dict
-from models.weights.finetune import NEW_HEADS, convert_for_task
-from models.weights.pretrain import reference_to_ours
+from models.weights.finetune import NEW_HEADS, ConversionReport, checkpoint_task, convert_for_task
+from models.weights.keys import shape_mismatches, summary
+from models.weights.pretrain import pretrain_to_ours
 from models.weights.swin import fit_bias_tables
 
 logger = logging.getLogger(__name__)
+
+# How the messages name the model a checkpoint was made for (the values of ``checkpoint_task``).
+MADE_FOR = {"pretrain": "CCLM pre-training", "retrieval": "retrieval", "classification": "classification (XVNLI)",
+            "nlvr": "NLVR", "nlvr_domain": "NLVR domain pre-training", "vqa": "VQA (xGQA)", "": "unrecognised"}
 
 
 @dataclass
@@ -69,47 +76,82 @@ def load_state_dict_reporting(model: nn.Module, state_dict: dict, what: str = "c
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | Path | dict, is_eval: bool = False,
-                    strict: bool = False) -> LoadReport:
-    """Load a checkpoint file or state dict (any layout we read) into a CCLM model, by the model's ``task``:
-    the pre-training model takes the pre-training layouts, a task model any layout through the reference's
-    fine-tuning rules (:func:`load_task_checkpoint`). Every key change is logged and returned."""
-    if model.task == "pretrain":
-        return load_pretrain_checkpoint(model, checkpoint, strict=strict)
-    return load_task_checkpoint(model, checkpoint, model.task, is_eval=is_eval, strict=strict,
-                                num_fusion_pairs=getattr(model, "num_fusion_pairs", None),
-                                num_dec_layers=getattr(model, "num_dec_layers", None))
+                    strict: bool = False) -> TaskLoadReport:
+    """Load a checkpoint file or state dict (any layout we read, docs/model.md#loading) into a CCLM model.
 
-
-def load_pretrain_checkpoint(model: nn.Module, checkpoint: str | Path | dict, strict: bool = False) -> LoadReport:
-    """Load a reference-layout (or our) pre-training checkpoint into ``CCLMPretrain``, reporting every key."""
+    It is converted by the rules of the model's ``task`` (:func:`convert_checkpoint`) and must fit
+    (:func:`check_fits`; with ``is_eval`` it must hold every weight of the model). Every missing, unexpected,
+    dropped and newly initialised key is logged and returned; ``strict`` raises on missing or unexpected ones.
+    """
     what, state = _read(checkpoint)
-    state = reference_to_ours(state, window_size=model.vision_encoder.window_size)
-    return load_state_dict_reporting(model, state, what=what, strict=strict)
-
-
-def load_task_checkpoint(model: nn.Module, checkpoint: str | Path | dict, task: str, is_eval: bool = False,
-                         strict: bool = False, num_fusion_pairs: int | None = None,
-                         num_dec_layers: int | None = None) -> TaskLoadReport:
-    """Load a checkpoint file or state dict into a task model; log and return every missing, unexpected,
-    dropped and newly initialised key by name (``strict`` raises on missing or unexpected ones)."""
-    what, state = _read(checkpoint)
-    converted, conversion = convert_for_task(state, task, window_size=model.vision_encoder.window_size,
-                                             is_eval=is_eval, num_fusion_pairs=num_fusion_pairs,
-                                             num_dec_layers=num_dec_layers)
-    if not is_eval:
-        fit_bias_tables(converted, model.state_dict())
-    new_heads = NEW_HEADS[task]
-    result = load_state_dict_reporting(model, converted, what=what, ignore_missing=new_heads or ())
+    converted, conversion = convert_checkpoint(model, state, is_eval=is_eval, what=what)
+    check_fits(model, state, converted, is_eval=is_eval, what=what)
+    new_heads = NEW_HEADS.get(model.task, ())
+    result = load_state_dict_reporting(model, converted, what=what, ignore_missing=new_heads)
     initialised = sorted(k for k in model.state_dict() if new_heads and k.startswith(new_heads) and k not in converted)
     for key, reason in conversion.dropped.items():
         logger.info("loading %s: dropped %s (%s)", what, key, reason)
     if initialised:
         logger.info("loading %s: new task head, randomly initialised: %s", what, ", ".join(initialised))
     if strict and (result.missing or result.unexpected):
-        raise KeyError(f"loading {what} into the {task} model: missing {result.missing}, "
+        raise KeyError(f"loading {what} into the {model.task} model: missing {result.missing}, "
                        f"unexpected {result.unexpected}")
     return TaskLoadReport(missing=result.missing, unexpected=result.unexpected, dropped=conversion.dropped,
                           initialised=initialised)
+
+
+def convert_checkpoint(model: nn.Module, state_dict: dict, is_eval: bool = False, what: str = "checkpoint"
+                       ) -> tuple[dict, ConversionReport]:
+    """``state_dict`` in ``model``'s keys: the pre-training layouts for ``CCLMPretrain``, the reference's fine-tuning
+    rules for a task model; bias tables fitted to the model's windows. Works on ``meta`` tensors (keys and shapes
+    only). A layout that does not convert is a :class:`CheckpointMismatchError`."""
+    window = model.vision_encoder.window_size
+    try:
+        if model.task == "pretrain":
+            converted, report = pretrain_to_ours(state_dict, window_size=window), ConversionReport()
+        else:
+            converted, report = convert_for_task(state_dict, model.task, window_size=window, is_eval=is_eval,
+                                                 num_fusion_pairs=getattr(model, "num_fusion_pairs", None),
+                                                 num_dec_layers=getattr(model, "num_dec_layers", None))
+    except ValueError as err:
+        raise CheckpointMismatchError(f"{what}: {_made_for(state_dict)} checkpoint that does not convert to the "
+                                      f"{model.task} model: {err}") from err
+    fit_bias_tables(converted, model.state_dict())
+    return converted, report
+
+
+def check_fits(model: nn.Module, state_dict: dict, converted: dict, is_eval: bool = False,
+               what: str = "checkpoint") -> None:
+    """Raise a one-line :class:`CheckpointMismatchError` naming the model the checkpoint was made for when its
+    converted weights (``converted``) do not fit ``model``: weights of another shape, no weight of the model at
+    all, or (``is_eval``: evaluating it as it is) any weight of the model missing, a new task head included."""
+    own = model.state_dict()
+    task = model.task
+    wrong = shape_mismatches(converted, own)
+    if wrong:
+        raise CheckpointMismatchError(f"{what}: {_made_for(state_dict)} checkpoint does not fit the {task} model: "
+                                      f"{len(wrong)} weight(s) have another shape: {summary(wrong)}")
+    if not set(converted) & set(own):
+        raise CheckpointMismatchError(f"{what}: {_made_for(state_dict)} checkpoint holds none of the {task} "
+                                      f"model's weights (first keys: {', '.join(sorted(state_dict)[:3])})")
+    missing = missing_weights(model, converted)
+    if is_eval and missing:
+        raise CheckpointMismatchError(f"{what}: {_made_for(state_dict)} checkpoint lacks {len(missing)} weight(s) "
+                                      f"of the {task} model, which evaluation would use at random initialisation: "
+                                      f"{summary(missing)}; evaluate a checkpoint fine-tuned on this task")
+
+
+def missing_weights(model: nn.Module, converted: dict) -> list[str]:
+    """The keys of ``model``'s state dict that ``converted`` does not provide (a tied weight counts as provided
+    when its alias is)."""
+    aliases = _tied_aliases(model)
+    return [k for k in model.state_dict() if k not in converted and not (aliases.get(k, set()) & converted.keys())]
+
+
+def _made_for(state_dict: dict) -> str:
+    """'a retrieval', 'an NLVR', ...: the article and the model the checkpoint was made for."""
+    name = MADE_FOR[checkpoint_task(state_dict)]
+    return ("an " if name[0] in "aeiouAEIOUN" else "a ") + name
 
 
 def _read(checkpoint: str | Path | dict) -> tuple[str, dict]:

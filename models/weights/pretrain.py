@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from models.weights.keys import add_prefix, split_prefix, strip_prefixes
-from models.weights.swin import VISION_PREFIX, swin_ours_to_reference, swin_reference_to_ours
+from models.weights.swin import (VISION_PREFIX, is_reference_layout, swin_ours_to_reference,
+                                 swin_reference_to_ours)
 
 TEXT_POSITION_IDS = "text_encoder.bert.embeddings.position_ids"
 TEXT_POSITION_TABLE = "text_encoder.bert.embeddings.position_embeddings.weight"
@@ -26,6 +27,16 @@ def reference_to_ours(state_dict: dict, window_size: int | None = None) -> dict[
     if vision:
         out.update(add_prefix(swin_reference_to_ours(vision, window_size=window_size or None), VISION_PREFIX))
     return out
+
+
+def pretrain_to_ours(state_dict: dict, window_size: int | None = None) -> dict[str, torch.Tensor]:
+    """A pre-training state dict in either layout -> ``CCLMPretrain`` keys: the reference's through
+    :func:`reference_to_ours`; ours (timm Swin keys, e.g. our ``model_state_epoch_E.th``) as it is."""
+    state_dict = strip_prefixes(state_dict)
+    vision, _ = split_prefix(state_dict, VISION_PREFIX)
+    if vision and not is_reference_layout(vision):
+        return {k: v for k, v in state_dict.items() if k != TEXT_POSITION_IDS}
+    return reference_to_ours(state_dict, window_size=window_size)
 
 
 def ours_to_reference(state_dict: dict, vision_encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:

@@ -20,7 +20,8 @@ import torch.nn as nn
 from scipy.interpolate import RectBivariateSpline
 
 from models.weights.files import read_state_dict
-from models.weights.keys import shape_mismatches
+from models.weights.errors import CheckpointMismatchError
+from models.weights.keys import shape_mismatches, summary
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +147,14 @@ def load_official_swin(encoder: nn.Module, path: str | Path) -> dict:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("head.") and not is_buffer_key(k)}
     own = encoder.state_dict()
     if not set(state_dict) & set(own):
-        raise ValueError(f"{path}: none of its {len(state_dict)} keys is a Swin encoder key "
-                         f"(first: {sorted(state_dict)[:3]}); a full CCLM checkpoint needs its prefix removed")
+        raise CheckpointMismatchError(f"{path}: none of its {len(state_dict)} keys is a Swin encoder key (first: "
+                                      f"{sorted(state_dict)[:3]}); the vision config's 'ckpt' must be a Swin "
+                                      "checkpoint (official layout, or ours without the 'vision_encoder.' prefix)")
     fit_bias_tables(state_dict, own)
     wrong = shape_mismatches(state_dict, own)
     if wrong:
-        more = f"\n  ... and {len(wrong) - 10} more" if len(wrong) > 10 else ""
-        raise ValueError(f"{path}: shape mismatch in {len(wrong)} key(s) (is the vision config right?):\n  "
-                         + "\n  ".join(wrong[:10]) + more)
+        raise CheckpointMismatchError(f"{path}: {len(wrong)} weight(s) have another shape than the Swin encoder of "
+                                      f"the vision config (is the vision config right?): {summary(wrong)}")
     result = encoder.load_state_dict(state_dict, strict=False)
     report = {"path": str(path), "missing": sorted(result.missing_keys),
               "unexpected": sorted(result.unexpected_keys) + ignored_head}

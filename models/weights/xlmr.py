@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from models.weights.errors import CheckpointMismatchError, WeightsFileError
 from models.weights.files import read_state_dict
 from models.weights.keys import layer_indices, layer_key_pattern, renamed, strip_prefixes
 
@@ -71,6 +72,16 @@ def xlmr_to_text_encoder(state_dict: dict, num_target_layers: int) -> dict[str, 
     return out
 
 
+def xlmr_text_encoder_weights(text_encoder: str | Path, num_target_layers: int) -> dict[str, torch.Tensor]:
+    """The weights of a Hugging Face XLM-R folder (or hub id) as ``TextEncoder`` keys (:func:`xlmr_to_text_encoder`);
+    a folder whose weights do not convert is a :class:`CheckpointMismatchError` naming it."""
+    source = read_hf_state_dict(text_encoder)
+    try:
+        return xlmr_to_text_encoder(source, num_target_layers)
+    except ValueError as err:
+        raise CheckpointMismatchError(f"text_encoder {text_encoder}: {err}") from err
+
+
 def read_hf_state_dict(text_encoder: str | Path) -> dict[str, torch.Tensor]:
     """Read the weights of a Hugging Face checkpoint (safetensors or pytorch_model.bin, sharded or not)."""
     from transformers.utils import cached_file
@@ -85,10 +96,22 @@ def read_hf_state_dict(text_encoder: str | Path) -> dict[str, torch.Tensor]:
             return read_state_dict(single)
         index = find(index_name)
         if index is not None:
-            shards = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
             state = {}
-            for shard in shards:
-                state.update(read_state_dict(find(shard)))
+            for shard in _shard_names(Path(index)):
+                path = find(shard)
+                if path is None:
+                    raise WeightsFileError(f"{index}: shard {shard!r} is listed but absent")
+                state.update(read_state_dict(path))
             return state
-    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin (or sharded index) in {text_encoder}")
+    raise WeightsFileError(f"no model.safetensors or pytorch_model.bin (or sharded index) in {text_encoder}: "
+                           "text_encoder must name a Hugging Face XLM-R folder with its weights")
 
+
+def _shard_names(index: Path) -> list[str]:
+    """The weight files a Hugging Face shard index lists."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise WeightsFileError(f"{index}: not a Hugging Face shard index (a json object with a 'weight_map' "
+                               f"object): {type(err).__name__}: {err}") from err

@@ -182,7 +182,7 @@ def test_tiny_checkpoints_of_every_layout_load_without_missing_or_unexpected_key
             state = ours_to_reference(state, vision_encoder=model.vision_encoder)
     else:
         model = create_model("cclm_retrieval", config, root=root)
-        state = ours_to_task_reference(model.state_dict(), "retrieval", model=model)
+        state = ours_to_task_reference(model.state_dict(), "retrieval", vision_encoder=model.vision_encoder)
     saved = {"model": state} if layout.startswith("reference") else {"model": state, "config": config}
     torch.save(saved, tmp_path / "ckpt.th")
     loaded = cclm.load(tmp_path / "ckpt.th", config=None if "config" in saved else config)

@@ -437,7 +437,8 @@ def test_loading_into_a_larger_window_resizes_the_bias_tables(root):
 def test_finetuned_checkpoint_round_trips_through_the_reference_layout(root, tmp_path):
     trained = build(CCLMNLVR, root, seed=6)
     path = tmp_path / "nlvr.th"
-    torch.save({"model": ours_to_task_reference(trained.state_dict(), "nlvr", model=trained), "config": {}}, path)
+    exported = ours_to_task_reference(trained.state_dict(), "nlvr", vision_encoder=trained.vision_encoder)
+    torch.save({"model": exported, "config": {}}, path)
     fresh = build(CCLMNLVR, root, seed=7)
     report = fresh.load_pretrained(path, is_eval=True)
     assert report.missing == [] and report.unexpected == [] and report.initialised == []

@@ -69,7 +69,7 @@ def full_size_models(xlmr_large_dir):
 def test_full_size_model_matches_the_released_manifest(shared_docs, full_size_models, task):
     manifest = read_manifest(shared_docs / f"cclm-{task}-keys.tsv")
     model = full_size_models[task]
-    exported = signature(ours_to_task_reference(model.state_dict(), task, model=model))
+    exported = signature(ours_to_task_reference(model.state_dict(), task, vision_encoder=model.vision_encoder))
     assert sorted(set(manifest) - set(exported)) == []
     assert sorted(set(exported) - set(manifest)) == []
     wrong = {k: (exported[k], manifest[k]) for k in manifest if exported[k] != manifest[k]}

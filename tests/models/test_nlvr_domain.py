@@ -243,7 +243,7 @@ def test_domain_checkpoint_loads_into_nlvr(root):
 
 def test_domain_checkpoint_round_trips_through_the_reference_layout(root):
     trained = build(CCLMNLVRDomain, root, seed=8)
-    state = ours_to_task_reference(trained.state_dict(), "nlvr_domain", model=trained)
+    state = ours_to_task_reference(trained.state_dict(), "nlvr_domain", vision_encoder=trained.vision_encoder)
     fresh = build(CCLMNLVRDomain, root, seed=9)
     report = fresh.load_pretrained(state)
     assert report.missing == [] and report.unexpected == [] and report.initialised == []
@@ -265,7 +265,8 @@ def full_size_domain_model(xlmr_large_dir):  # noqa: F811
 def test_full_size_domain_model_matches_the_reference_manifest(shared_docs, full_size_domain_model):
     manifest = read_manifest(shared_docs / MANIFEST)
     model = full_size_domain_model
-    exported = signature(ours_to_task_reference(model.state_dict(), "nlvr_domain", model=model))
+    exported = signature(ours_to_task_reference(model.state_dict(), "nlvr_domain",
+                                                vision_encoder=model.vision_encoder))
     assert sorted(set(manifest) - set(exported)) == []
     assert sorted(set(exported) - set(manifest)) == []
     assert {k: (exported[k], manifest[k]) for k in manifest if exported[k] != manifest[k]} == {}

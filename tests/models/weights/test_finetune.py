@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from models.weights.finetune import (ConversionReport, convert_for_task, detect_layout, duplicate_fusion_layers,
-                                        ours_to_task_reference, pretrain_to_task_reference, task_reference_to_ours)
+from models.weights.finetune import (ConversionReport, checkpoint_task, convert_for_task, detect_layout,
+                                     duplicate_fusion_layers, ours_to_task_reference, pretrain_to_task_reference,
+                                     task_reference_to_ours)
 
 LAYERS, FUSION = 4, 2
 SUBLAYER = ("attention.self.query.weight", "attention.output.LayerNorm.bias", "intermediate.dense.weight",
@@ -73,6 +74,20 @@ def test_detect_layout():
 def test_detect_layout_errors_name_the_problem(state, message):
     with pytest.raises(ValueError, match=message):
         detect_layout(state)
+
+
+def test_checkpoint_task_names_the_model_a_checkpoint_was_made_for():
+    pretrain = reference_pretrain_state()
+    assert checkpoint_task(pretrain) == "pretrain"
+    for task in ("retrieval", "classification", "nlvr", "nlvr_domain", "vqa"):
+        reference, _ = pretrain_to_task_reference(pretrain, task, num_fusion_pairs=LAYERS - FUSION)
+        if task in ("classification", "nlvr"):
+            reference["cls_head.3.bias"] = torch.zeros(2)
+        if task == "nlvr_domain":
+            reference.update({"ta_head.weight": torch.zeros(3, 2), "vision_proj.bias": torch.zeros(2)})
+        ours, _ = task_reference_to_ours(reference, task)
+        assert checkpoint_task(reference) == task and checkpoint_task(ours) == task, task
+    assert checkpoint_task({"patch_embed.proj.weight": torch.zeros(1)}) == ""  # a bare Swin file
 
 
 # --------------------------------------------------------------------------------------------- reference rules
@@ -224,9 +239,17 @@ def test_convert_pretrain_checkpoint_for_retrieval():
     assert out["temp"] is source["temp"]
 
 
-def test_eval_load_of_a_pretraining_checkpoint_is_refused():
-    with pytest.raises(ValueError, match="is_eval=True with a pre-training checkpoint"):
-        convert_for_task(reference_pretrain_state(), "retrieval", window_size=2, is_eval=True)
+def test_eval_load_of_a_pretraining_checkpoint_applies_the_fine_tuning_rules():
+    """Zero-shot evaluation from a pre-training checkpoint: the same conversion as for fine-tuning (a raw load would
+    leave the text encoder and the window unconverted)."""
+    source = reference_pretrain_state()
+    for task in ("retrieval", "classification", "nlvr", "vqa"):
+        evaluated = convert_for_task(source, task, window_size=2, is_eval=True, num_fusion_pairs=LAYERS - FUSION,
+                                     num_dec_layers=LAYERS - FUSION)
+        trained = convert_for_task(source, task, window_size=2, num_fusion_pairs=LAYERS - FUSION,
+                                   num_dec_layers=LAYERS - FUSION)
+        assert set(evaluated[0]) == set(trained[0]) and evaluated[1].dropped == trained[1].dropped, task
+        assert all(torch.equal(evaluated[0][k], trained[0][k]) for k in trained[0]), task
 
 
 def test_eval_load_of_a_finetuned_checkpoint_only_renames():

@@ -5,6 +5,7 @@ import torch
 from timm.models.swin_transformer import checkpoint_filter_fn
 
 from models.vision import SwinVisionEncoder, build_vision_encoder, load_vision_config
+from models.weights.errors import CheckpointMismatchError, WeightsFileError
 from models.weights.swin import (interpolate_relative_position_bias_table, load_official_swin,
                                  swin_ours_to_reference, swin_reference_to_ours)
 # the tiny Swin config and fixtures (tiny_encoder, images) of the encoder tests
@@ -207,9 +208,9 @@ def test_load_reports_missing_keys_and_rejects_foreign_files(tmp_path, tiny_enco
     encoder = SwinVisionEncoder(TINY)
     assert load_official_swin(encoder, tmp_path / "partial.pth")["missing"] == ["norm.bias", "norm.weight"]
     torch.save({"vision_encoder.norm.weight": torch.zeros(128)}, tmp_path / "cclm.pth")
-    with pytest.raises(ValueError, match="cclm.pth.*prefix"):
+    with pytest.raises(CheckpointMismatchError, match="cclm.pth: none of its 1 keys is a Swin encoder key"):
         load_official_swin(encoder, tmp_path / "cclm.pth")
-    with pytest.raises(FileNotFoundError, match="nothing.pth"):
+    with pytest.raises(WeightsFileError, match=r"nothing\.pth does not exist"):
         load_official_swin(encoder, tmp_path / "nothing.pth")
     with pytest.raises(ValueError, match="no 'ckpt'"):
         build_vision_encoder(TINY, load_params=True)
@@ -218,7 +219,8 @@ def test_load_reports_missing_keys_and_rejects_foreign_files(tmp_path, tiny_enco
 def test_load_rejects_wrong_shapes(tmp_path):
     reference = random_reference_state(dict(TINY, embed_dim=32, vision_width=256))
     torch.save({"model": reference}, tmp_path / "wide.pth")
-    with pytest.raises(ValueError, match=r"(?s)wide\.pth: shape mismatch.*patch_embed\.proj\.weight"):
+    with pytest.raises(CheckpointMismatchError, match=r"wide\.pth: \d+ weight\(s\) have another shape .*"
+                                                      r"patch_embed\.proj\.weight: file \(32, 3, 4, 4\) vs model"):
         load_official_swin(SwinVisionEncoder(TINY), tmp_path / "wide.pth")
 
 

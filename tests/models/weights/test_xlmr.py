@@ -1,8 +1,13 @@
-"""Hugging Face XLM-R keys -> text encoder keys: the reference's layer selection and renames."""
+"""Hugging Face XLM-R folders -> text encoder keys: reading (sharded or not), the reference's layer selection and
+renames, and a folder without usable weights a user error naming it."""
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from models.weights.xlmr import layer_selection, xlmr_to_text_encoder
+from models.weights.errors import CheckpointMismatchError, WeightsFileError
+from models.weights.xlmr import layer_selection, read_hf_state_dict, xlmr_text_encoder_weights, xlmr_to_text_encoder
 
 HIDDEN, VOCAB = 16, 30
 
@@ -47,3 +52,32 @@ def test_layer_selection_follows_the_reference():
     with pytest.raises(ValueError, match="cannot select"):
         layer_selection(24, 6)
 
+
+
+def test_a_folder_without_usable_weights_is_a_user_error_naming_it(tmp_path):
+    with pytest.raises(WeightsFileError, match=f"no model.safetensors or pytorch_model.bin .* in {tmp_path}"):
+        read_hf_state_dict(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{broken header}")
+    with pytest.raises(WeightsFileError, match=r"model\.safetensors: not a valid safetensors file"):
+        read_hf_state_dict(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin.index.json").write_text('{"weight_map": {"a": "pytorch_model-00001.bin"}}')
+    with pytest.raises(WeightsFileError, match=r"index\.json: shard 'pytorch_model-00001\.bin' is listed but absent"):
+        read_hf_state_dict(tmp_path)
+    (tmp_path / "pytorch_model.bin.index.json").write_text('["not an index"]')
+    with pytest.raises(WeightsFileError, match=r"index\.json: not a Hugging Face shard index"):
+        read_hf_state_dict(tmp_path)
+
+
+def test_sharded_weights_are_read_and_converted(tmp_path):
+    state = _fake_xlmr_state(24)
+    names = sorted(state)
+    torch.save({k: state[k] for k in names[:10]}, tmp_path / "pytorch_model-00001.bin")
+    torch.save({k: state[k] for k in names[10:]}, tmp_path / "pytorch_model-00002.bin")
+    shard = {k: f"pytorch_model-0000{1 + (i >= 10)}.bin" for i, k in enumerate(names)}
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": shard}))
+    out = xlmr_text_encoder_weights(tmp_path, 12)
+    assert out["bert.encoder.layer.11.attention.self.query.weight"][0, 0].item() == 23
+    save_file({"foo.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))  # preferred, but not XLM-R
+    with pytest.raises(CheckpointMismatchError, match=f"text_encoder {tmp_path}: XLM-R conversion: no"):
+        xlmr_text_encoder_weights(tmp_path, 12)
