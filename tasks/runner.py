@@ -25,7 +25,7 @@ from torch import nn
 
 from dataset.checked import configure_reading, read_report
 from dataset.tokenizer import load_tokenizer
-from models.factory import create_model
+from models.factory import checkpoint_fills_encoders, create_model
 from tasks.cli import HANDOFF_ENV, build_config, task_parser
 from tasks.environment import load_starting_weights, prepare_text_encoder, resolve_data_root
 from tasks.registry import TaskInfo, tasks_of_script
@@ -127,10 +127,14 @@ class TaskKind:
 
 
 def build_model(name: str | None, run: Run) -> nn.Module:
-    """The registered model ``name`` for the run's config, with its starting weights (``--checkpoint``)."""
+    """The registered model ``name`` for the run's config, with its starting weights (``--checkpoint``); a checkpoint
+    that fills the encoders replaces the initial ImageNet / XLM-R weights, which are then not read."""
     if name is None:
         raise ValueError(f"task {run.info.name}: its kind names no model")
-    model = create_model(name, run.config, root=run.root)
+    checkpoint = run.config.get("checkpoint")
+    fills = bool(checkpoint) and checkpoint_fills_encoders(name, run.config, checkpoint, root=run.root,
+                                                           is_eval=bool(run.config.get("evaluate")))
+    model = create_model(name, run.config, root=run.root, initial_weights=not fills)
     load_starting_weights(model, run.config)
     return model
 
