@@ -38,7 +38,11 @@ def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as load_safetensors
 
-        return load_safetensors(str(path), device=str(map_location))
+        try:
+            return load_safetensors(str(path), device=str(map_location))
+        except Exception as e:  # the library's errors name neither the file nor the cause a user can act on
+            raise RuntimeError(f"{path}: cannot be loaded as safetensors (corrupt header or truncated data?): "
+                               f"{type(e).__name__}: {e}") from e
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # a pickle with arbitrary objects, or a damaged file
