@@ -23,6 +23,7 @@ class Flag:
     name: str
     help: str
     kwargs: Mapping[str, Any]
+    tasks: tuple[str, ...] = ()   # the only tasks that take it (empty: every task)
 
     @property
     def dest(self) -> str:
@@ -56,6 +57,8 @@ FLAGS: tuple[Flag, ...] = (
          {"default": None}),
     Flag("--opts", "config overrides KEY=VALUE (dotted keys, e.g. run.max_steps=10 optimizer.lr=1e-5)",
          {"nargs": "*", "default": [], "metavar": "KEY=VALUE"}),
+    Flag("--dry-run-data", "reproduce: list every file the benchmarks read and the checkpoints, which are missing "
+         "and where they come from (output_dir/inputs.md), and stop", {"action": "store_true"}, ("reproduce",)),
 )
 PATH_FLAGS = ("config", "output_dir", "checkpoint", "resume")
 HANDOFF_ENV = "CCLM_HANDOFF"   # run.py sets it: the file where a run may name the task that continues it
@@ -101,6 +104,9 @@ def build_config(info: TaskInfo, args: argparse.Namespace, world_size: int) -> d
     for flag, why in info.refuses.items():
         if getattr(args, flag, None):
             raise ConfigError(f"task {info.name} does not take --{flag}: {why}")
+    for flag in FLAGS:
+        if flag.tasks and info.name not in flag.tasks and getattr(args, flag.dest, None):
+            raise ConfigError(f"{flag.name} is a flag of task {', '.join(flag.tasks)} only, not of {info.name}")
     config = load_config(resolve_config_path(info, args), args.opts, schema=ROOT / info.schema)
     for flag in ("bs", "epoch", "lr"):
         value = getattr(args, flag)

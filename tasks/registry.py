@@ -78,6 +78,11 @@ TASKS: dict[str, TaskInfo] = {t.name: t for t in (
              refuses={"evaluate": "it has no evaluation of its own: evaluate the fine-tuned model with run.py --task "
                                   "nlvr --evaluate --checkpoint <output_dir>/nlvr_ft/checkpoint_best.pth",
                       "gmt": "NLVR2/MaRVL have no translate-test files"}),
+    TaskInfo("reproduce", "Reproduce.py", "configs/reproduce/cclm_4m.yaml", "configs/base/reproduce.yaml",
+             "the paper's zero-shot evaluations (IGLUE's five tasks, Multi30K, MSCOCO) from a checkpoint, our numbers "
+             "beside the paper's", "every benchmark's data and the checkpoint: --dry-run-data lists them",
+             refuses={flag: "it runs several benchmarks, each with the flags of its configs/reproduce entry"
+                      for flag in ("bs", "epoch", "lr", "fewshot", "gmt", "resume", "output_hdfs")}),
     TaskInfo("demo", "Demo.py", "configs/tiny/demo.yaml", "configs/base/demo.yaml",
              "cross-lingual transfer on a synthetic world in a few minutes on a CPU",
              "nothing: it generates its data", bs_keys=("images.batch_size", "texts_para.batch_size"),

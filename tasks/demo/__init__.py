@@ -14,7 +14,7 @@ import torch
 
 from tasks.demo.arms import Evaluator, run_arms
 from tasks.demo.data import TextInputs, load_heldout, load_training_data
-from tasks.demo.report import results_table, write_report
+from tasks.demo.report import itm_note, results_table, write_report
 from tasks.runner import Run, TaskKind
 from utils.config import ConfigError
 from utils.dist import cleanup_distributed
@@ -53,9 +53,10 @@ class DemoTask(TaskKind):
         timings.update({f"train {a.name}": a.seconds for a in arms})
         timings.update({f"cpu {a.name}": a.cpu_seconds for a in arms})
         timings["total"] = time.perf_counter() - started
-        payload = write_report(output_dir, arms, heldout, timings, world) if env.is_main else {}
+        payload = write_report(output_dir, arms, heldout, timings, world, config) if env.is_main else {}
         logger.info("zero-shot retrieval on %d held-out scenes (R@1/R@5 %%, chance R@1 %.1f%%):\n%s",
-                    len(heldout.images), 100.0 / len(heldout.images), results_table(arms))
+                    len(heldout.images), 100.0 / len(heldout.images),
+                    results_table(arms, note=itm_note(arms, config)))
         for check in payload.get("targets", []):
             logger.info("target %s %s: %.1f", "ok  " if check["ok"] else "MISS", check["target"], check["value"])
         logger.info("wrote results.json, results.md, training_curves.png and recall_curves.png to %s in %.0f s",

@@ -217,6 +217,23 @@ def test_results_table_lists_both_arms_side_by_side():
     assert "| en | 55.0/65.0 | 53.0/63.0 | 54.0/64.0 | 52.0/62.0 | 50.0/60.0 | - | 49.0/59.0 | - |" in markdown
 
 
+def test_the_itm_note_says_how_little_the_head_trained_and_what_re_ranking_did():
+    config = {"images": {"batch_size": 128}, "demo": {"itm_from": 0.5, "itm_every": 2, "itm_rows": 64, "k_test": 16}}
+    arms = [arm("with_parallel_text", {"en": 55.0, "de": 34.0}), arm("without_parallel_text", {"en": 21.0, "de": 1.0})]
+    note = demo_report.itm_note(arms, config)
+    # 20 steps (the arm's): ITM from step 10 on every 2nd step = steps 10, 12, ..., 18
+    assert "trains in 5 of the 20 steps (from step 10, every 2nd step, 64 of 128 pairs" in note
+    assert "too little for it to order candidates as well as the similarity it re-ranks: here re-ranking lowers R@1 " \
+           "(en text->image: 55.0 by similarity, 53.0 after re-ranking, with parallel text)" in note
+    table = demo_report.results_table(arms, note=note)
+    assert "lowers R@1" in table.replace("\n", " ") and max(map(len, table.splitlines())) == len(
+        table.splitlines()[1])
+    arms[0].metrics["en"]["t2i_itm_r1"] = 60.0
+    assert "Here re-ranking raises R@1" in demo_report.itm_note(arms, config)
+    assert "too little" not in demo_report.itm_note(arms, config)
+    assert demo_report.itm_note([arm("with_parallel_text", {"en": 55.0}, with_itm=False)], config) == ""
+
+
 def test_loss_series_reads_training_records_only():
     records = [{"step": 5, "loss_itc": 3.0, "loss_ttc": 2.0, "lr": 1e-3}, {"epoch": 0, "step": 5, "eval/en/t2i_r1": 4},
                {"step": 10, "loss_itc": 2.5}]
