@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from tasks.environment import resolve_data_root
+from tasks.environment import resolve_data_root, resolve_text_encoder
 from tasks.inputs import Input, InputStatus, check_inputs, config_inputs
 from tasks.registry import TASKS
 from utils.config import ConfigError, load_config, read_yaml
@@ -72,6 +72,7 @@ class Step:
     checkpoint: Path | None
     root: Path
     inputs: list[InputStatus] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)   # why an input is missing, where a check says more
     exit_code: int | None = None
     seconds: float | None = None
     reused: bool = False
@@ -117,8 +118,9 @@ def read_benchmarks(config: Mapping) -> list[Benchmark]:
 
 
 def benchmark_overrides(config: Mapping, benchmark: Benchmark) -> list[str]:
-    """The config overrides of a benchmark's run: the data root, the overrides for all, the benchmark's own."""
-    shared = [f"data_root={config['data_root']}"] if config.get("data_root") else []
+    """The config overrides of a benchmark's run: the data root and text encoder, the overrides for all, the
+    benchmark's own."""
+    shared = [f"{key}={config[key]}" for key in ("data_root", "text_encoder") if config.get(key)]
     return shared + [str(o) for o in config.get("opts") or []] + list(benchmark.opts)
 
 
@@ -152,9 +154,21 @@ def checkpoint_input(step: Step, checkpoint: str | None) -> Input:
     return Input(what, str(step.checkpoint.resolve()))
 
 
+def text_encoder_problem(name: str, root: Path, seen: dict) -> str | None:
+    """Why the text encoder ``name`` cannot be had (None: a folder, or a hub id the hub or its cache provides); the
+    hub is asked once per name."""
+    if (str(root), name) not in seen:
+        try:
+            resolve_text_encoder(name, root)
+            seen[str(root), name] = None
+        except ConfigError as e:
+            seen[str(root), name] = str(e)
+    return seen[str(root), name]
+
+
 def plan(config: Mapping, checkpoint: str | None, evaluate_only: bool) -> list[Step]:
     """Every benchmark's step with the status of each of its inputs (the checkpoint first)."""
-    steps = []
+    steps, seen = [], {}
     for benchmark in read_benchmarks(config):
         bconfig = benchmark_config(config, benchmark)
         root = resolve_data_root(bconfig)
@@ -162,7 +176,12 @@ def plan(config: Mapping, checkpoint: str | None, evaluate_only: bool) -> list[S
         step = Step(benchmark, mode, path, root)
         inputs = [checkpoint_input(step, checkpoint)] + config_inputs(bconfig, root)
         inputs += [Input(f"benchmarks.{benchmark.name}.images", path, "folder") for path in benchmark.images]
-        step.inputs = check_inputs(inputs, root)
+        for status in check_inputs(inputs, root):
+            if status.input.key == "text_encoder" and not status.found:
+                problem = text_encoder_problem(status.input.path, root, seen)
+                status = InputStatus(status.input, problem is None, () if problem is None else status.missing)
+                step.problems += [problem] if problem else []
+            step.inputs.append(status)
         steps.append(step)
     return steps
 
@@ -240,6 +259,8 @@ def report_inputs(steps: Sequence[Step], config: Mapping, output_dir: Path) -> l
     if missing:
         logger.info("%d of %d inputs missing (paths relative to the data root %s):\n%s",
                     len(missing), len(rows), ", ".join(sorted({r["root"] for r in missing})), format_missing(rows))
+        for problem in dict.fromkeys(p for step in steps for p in step.problems):
+            logger.info("%s", problem)
     else:
         logger.info("all %d inputs found", len(rows))
     logger.info("the list of inputs is in %s", output_dir / "inputs.md")
@@ -429,14 +450,19 @@ def reproduce(config: dict, args: argparse.Namespace) -> dict:
     given = config.get("checkpoint")
     if given and not getattr(args, "dry_run_data", False) and not Path(given).exists():
         raise FileNotFoundError(f"--checkpoint {given}: no such file or folder")
+    if config.get("evaluate") and given and Path(given).is_file():
+        raise ConfigError(f"--evaluate evaluates each benchmark's fine-tuned checkpoint: --checkpoint must be a folder "
+                          f"holding <benchmark>/{FINETUNED} (the layout this task writes), not the file {given}")
     steps = plan(config, config.get("checkpoint"), bool(config.get("evaluate")))
     rows = report_inputs(steps, config, output_dir)
     missing = [r for r in rows if not r["found"]]
     if getattr(args, "dry_run_data", False):
         return {"inputs": rows, "missing": len(missing)}
     if missing:
+        problems = list(dict.fromkeys(p for step in steps for p in step.problems))
         raise ConfigError(f"{len(missing)} input(s) missing, listed above and in {output_dir / 'inputs.md'} "
-                          "(python3 run.py --task reproduce --dry-run-data lists them without running anything)")
+                          "(python3 run.py --task reproduce --dry-run-data lists them without running anything)"
+                          + "".join(f"; {p}" for p in problems))
     dist = benchmark_dist()
     for step in steps:
         run_benchmark(step, config, args, output_dir, dist)

@@ -78,6 +78,26 @@ def test_a_run_with_inputs_missing_stops_before_any_benchmark(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["inputs.json", "inputs.md", "log.txt"]
 
 
+def test_a_missing_checkpoint_or_evaluating_one_file_is_one_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--checkpoint /nonexistent/cclm.th: no such file or folder"):
+        Reproduce.main(["--checkpoint", "/nonexistent/cclm.th", "--output_dir", str(tmp_path)])
+    (tmp_path / "cclm.th").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="--checkpoint must be a folder holding <benchmark>/checkpoint_best.pth"):
+        Reproduce.main(["--checkpoint", str(tmp_path / "cclm.th"), "--evaluate", "--output_dir", str(tmp_path)])
+
+
+def test_the_text_encoder_is_any_folder_or_a_hub_id_the_hub_provides(tmp_path):
+    encoder = tmp_path / "enc"
+    encoder.mkdir()
+    (encoder / "config.json").write_text("{}")
+    rows = dry_run(tmp_path, "--opts", f"data_root={tmp_path / 'data'}", f"text_encoder={encoder}")["inputs"]
+    assert [r["found"] for r in rows if r["path"] == str(encoder)] == [True]
+    with pytest.raises(ConfigError, match=r"input\(s\) missing.*; config key 'text_encoder': 'xlm-roberta-large' is "
+                                          r"no folder .*HF_HUB_OFFLINE"):  # the tests run with the hub switched off
+        Reproduce.main(["--output_dir", str(tmp_path / "out"), "--opts", f"data_root={tmp_path / 'data'}",
+                        "text_encoder=xlm-roberta-large"])
+
+
 def test_dry_run_data_is_a_flag_of_reproduce_only(tmp_path):
     import XVNLI
 
