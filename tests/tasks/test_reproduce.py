@@ -72,6 +72,28 @@ def test_dry_run_through_run_py_works_without_data_or_weights(tmp_path):
     assert (tmp_path / "out" / "inputs.md").is_file() and not (tmp_path / "out" / "results.json").exists()
 
 
+def test_dry_run_in_a_fresh_copy_of_the_repository_lists_what_it_lists_here(tmp_path):
+    """Only the tracked files (no cache/, no output/, no synthetic world, no .venv): run.py's dry run from that copy,
+    with its own folder as the data root, lists every input as missing, with the same rows as here."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, timeout=60)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout: no list of the tracked files")
+    clone = tmp_path / "clone"
+    for name in tracked.stdout.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    done = subprocess.run([sys.executable, "run.py", "--task", "reproduce", "--dist", "cpu", "--dry-run-data"],
+                          cwd=clone, capture_output=True, text=True, timeout=600,
+                          env={k: v for k, v in os.environ.items() if k != "CCLM_DATA"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    fresh = json.loads((clone / "output" / "reproduce" / "inputs.json").read_text(encoding="utf-8"))
+    here = dry_run(tmp_path, "--opts", f"data_root={clone}")["inputs"]
+    assert len(fresh) > 60 and fresh == here
+    assert not any(r["found"] for r in fresh) and all(r["from"] for r in fresh)
+    assert f"inputs missing (paths relative to the data root {clone})" in done.stdout + done.stderr
+
+
 def test_a_run_with_inputs_missing_stops_before_any_benchmark(tmp_path):
     with pytest.raises(ConfigError, match=r"input\(s\) missing.*--dry-run-data"):
         Reproduce.main(["--output_dir", str(tmp_path / "out"), "--opts", f"data_root={tmp_path}"])
