@@ -46,6 +46,11 @@ logger = logging.getLogger(__name__)
 SELF_ATTENTION_MASK_VALUE = -10000.0
 CROSS_ATTENTION_MASK_VALUE = -1e9
 TEXT_MODES = ("text", "fusion", "multi_modal")
+# Packed training layers run on the real tokens plus a few padding positions, up to a multiple of this: the real
+# token count changes with every draw of hard negatives, and every new matrix shape made oneDNN build and cache new
+# kernels and the allocator keep blocks of new sizes (resident memory grew by ~360 MiB over the first 100 steps of
+# the tiny model; bench/training_memory.py). The padding positions are computed like any token and masked as keys.
+PACKED_TOKENS_MULTIPLE = 64
 
 
 class _KeyValues(NamedTuple):
@@ -323,14 +328,20 @@ class _Packing(NamedTuple):
 
     @classmethod
     def of(cls, attention_mask: torch.Tensor) -> "_Packing":
-        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), *attention_mask.shape)
+        """The real tokens, then the first padding positions up to a multiple of ``PACKED_TOKENS_MULTIPLE``."""
+        real = attention_mask.reshape(-1).ne(0)
+        index = real.nonzero().squeeze(1)
+        extra = min(-index.numel() % PACKED_TOKENS_MULTIPLE, real.numel() - index.numel())
+        if extra:
+            index = torch.cat([index, real.logical_not().nonzero().squeeze(1)[:extra]])
+        return cls(index, *attention_mask.shape)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """rows x length x ... -> tokens x ..."""
         return x.reshape(self.rows * self.length, *x.shape[2:]).index_select(0, self.index)
 
     def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """tokens x ... -> rows x length x ..., zeros at the padding."""
+        """tokens x ... -> rows x length x ..., zeros at the padding positions that were not packed."""
         padded = x.new_zeros((self.rows * self.length, *x.shape[1:]))
         return padded.index_copy(0, self.index, x).view(self.rows, self.length, *x.shape[1:])
 

@@ -200,3 +200,17 @@ def test_api_overhead_bench_runs_and_writes_its_ratios(tmp_path, capsys):
         ("images/files", "index"), ("queries", "bare"), ("queries", "api"), ("rank+rerank", "bare"),
         ("rank+rerank", "api")}
     assert all(r["ratio"] > 0 for r in rows) and "time / bare" in capsys.readouterr().out
+
+
+def test_training_memory_bench_traces_rss_per_step(tmp_path, capsys, golden_dir):
+    """The memory bench trains the golden model a few steps per precision in workers and reports RSS per step."""
+    import json
+
+    bench = load("training_memory")
+    assert bench.main([str(golden_dir), "--steps", "3", "--warmup", "2", "--threads", "1",
+                       "--json", str(tmp_path / "m.json")]) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert [r["precision"] for r in result["rows"]] == ["fp32", "bf16"]
+    assert all(len(trace) == 3 and min(trace) > 0 for trace in result["rss_by_step"].values())
+    assert all(r["peak_mib"] > 0 and r["peak_vs_reference"] > 0 for r in result["rows"])
+    assert "growth after step 2" in capsys.readouterr().out
