@@ -91,11 +91,16 @@ class ImageIndex:
         meta_path = folder / INDEX_FILE
         if not meta_path.is_file():
             raise IndexFolderError(f"no image index in {folder} (no {INDEX_FILE}); build one with: Search.py index")
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            from safetensors.torch import load_file
-
-            features = load_file(str(folder / meta["features_file"]))["features"]
+            features_path = folder / meta["features_file"]
+            features = load_file(str(features_path))["features"]
+        except SafetensorError as err:  # the library's message names no file
+            raise IndexFolderError(f"{meta_path}: damaged index: its features file {features_path} cannot be read "
+                                   f"({' '.join(str(err).split())})") from None
         except (OSError, ValueError, KeyError) as err:
             raise IndexFolderError(f"{meta_path}: damaged index ({' '.join(str(err).split())})") from None
         entries = meta.get("entries", [])

@@ -117,6 +117,12 @@ def test_a_damaged_index_is_one_line(api, tmp_path):
     index = ImageIndex(tmp_path, api.identity)
     index_images(api, index, make_images(tmp_path / "p", 2), progress=False)
     meta = json.loads((tmp_path / INDEX_FILE).read_text())
-    (tmp_path / meta["features_file"]).unlink()
+    features = tmp_path / meta["features_file"]
+    features.write_bytes(b"\xff" * 8 + b"{}")  # a corrupt safetensors header
+    with pytest.raises(IndexFolderError, match=rf"index\.json: damaged index: its features file {features} cannot be "
+                                               r"read \(.*header") as caught:
+        ImageIndex.load(tmp_path)
+    assert "\n" not in str(caught.value)
+    features.unlink()
     with pytest.raises(IndexFolderError, match="damaged index"):
         ImageIndex.load(tmp_path)
