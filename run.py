@@ -3,9 +3,12 @@
 
 The task name selects a script and its default config from the task registry (``tasks/registry.py``). The script
 runs under torchrun (``python -m utils.launch``: torch.distributed.run's launcher, started as an argument list, never
-through a shell, without the launcher's traceback when a worker fails) and ``run.py`` exits with the first failed
-worker's exit code (2 for a user error). ``--dry-run`` prints the exact command instead of running it;
-``run.py --task NAME --help`` shows that task's data, configs and flags.
+through a shell, without the launcher's traceback when a worker fails) and ``run.py`` exits with the launch's exit
+code (``utils.errors.EXIT_CODES``: 2 for a user error, 75 for a run stopped on a signal after its checkpoint).
+``run.py`` owns the launch: every signal it receives (of ``utils.launch.FORWARDED_SIGNALS``: SIGTERM, SIGINT, ...)
+is passed to the launcher, which passes it to the workers, and the launcher dies with ``run.py`` (the workers with
+the launcher). ``--dry-run`` prints the exact command instead of running it; ``run.py --task NAME --help`` shows
+that task's data, configs and flags.
 """
 from __future__ import annotations
 
@@ -14,17 +17,25 @@ import ast
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from tasks.cli import HANDOFF_ENV, PATH_FLAGS, add_task_arguments, forwarded_argv
 from tasks.registry import TASKS, TaskInfo
+from utils.errors import USER_ERROR_EXIT_CODE
+from utils.launch import FORWARDED_SIGNALS, OWNER_ENV
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_GPUS_PER_NODE = 8
 DIST_FORMS = "1 (all GPUs of this node) | all (multi-node) | gpuN | f4 | l4 | cpu | cpu:N"
+
+
+class LaunchError(Exception):
+    """A launch the user must correct (a bad --dist value, a missing script or config): one line, exit code 2."""
 
 
 def task_help(info: TaskInfo) -> str:
@@ -90,7 +101,7 @@ def launcher_args(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     if dist == "cpu" or dist.startswith("cpu:"):
         count = "1" if dist == "cpu" else dist.split(":", 1)[1]
         if not count.isdigit() or int(count) < 1:
-            raise SystemExit(f"--dist {dist}: expected cpu:N with N >= 1 processes")
+            raise LaunchError(f"--dist {dist}: expected cpu:N with N >= 1 processes (e.g. --dist cpu:2)")
         env["CCLM_DEVICE"] = "cpu"
         return ["--standalone", f"--nproc-per-node={args.nproc or int(count)}"], env
     if dist == "1":
@@ -109,7 +120,7 @@ def launcher_args(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
             if value is not None:
                 out.append(f"{flag}={value}")
         return out, env
-    raise SystemExit(f"--dist {dist!r} is not one of: {DIST_FORMS}")
+    raise LaunchError(f"--dist {dist!r} is not one of: {DIST_FORMS}")
 
 
 def absolutize_paths(args: argparse.Namespace) -> None:
@@ -151,32 +162,65 @@ def format_command(cmd: list[str], env: dict[str, str]) -> str:
     return (prefix + " " if prefix else "") + shlex.join(cmd)
 
 
+@contextmanager
+def forwarding_signals(process: subprocess.Popen):
+    """Pass every signal of FORWARDED_SIGNALS that run.py receives to ``process`` while it runs."""
+    def forward(signum, frame):
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {}
+    for name in FORWARDED_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            previous[sig] = signal.signal(sig, forward)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def launch(cmd: list[str], env: dict[str, str]) -> tuple[int, dict | None]:
-    """Run one launch; (exit code, the follow-up task the run asked for, if any)."""
+    """Run one launch; (exit code, the follow-up task the run asked for, if any).
+
+    The launcher runs in its own session, so a signal to run.py's process group reaches it once, through run.py."""
     with tempfile.TemporaryDirectory(prefix="cclm-handoff-") as tmp:
         handoff = Path(tmp) / "next.json"
-        child_env = {**os.environ, **env, HANDOFF_ENV: str(handoff)}
+        child_env = {**os.environ, **env, HANDOFF_ENV: str(handoff), OWNER_ENV: str(os.getpid())}
         child_env.setdefault("PYTHONPATH", str(ROOT))
-        code = subprocess.run(cmd, cwd=ROOT, env=child_env).returncode
+        process = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True)
+        with forwarding_signals(process):
+            code = process.wait()
+        code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
         followup = json.loads(handoff.read_text(encoding="utf-8")) if code == 0 and handoff.is_file() else None
     return code, followup
+
+
+def check_launch(args: argparse.Namespace, cmd: list[str]) -> None:
+    """The task's script and config exist."""
+    info = TASKS[args.task]
+    if not (ROOT / info.script).is_file():
+        raise LaunchError(f"task {args.task!r}: its script {info.script} does not exist in this checkout")
+    config = cmd[cmd.index("--config") + 1]
+    if not (ROOT / config).is_file():
+        raise LaunchError(f"task {args.task!r}: config {config} does not exist")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     absolutize_paths(args)
-    cmd, env = build_command(args)
+    try:
+        cmd, env = build_command(args)
+        if not args.dry_run:
+            check_launch(args, cmd)
+    except LaunchError as e:
+        print(f"run.py: {e}", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
     if args.dry_run:
         print(format_command(cmd, env))
         return 0
     info = TASKS[args.task]
-    if not (ROOT / info.script).is_file():
-        print(f"task {args.task!r}: its script {info.script} does not exist in this checkout", file=sys.stderr)
-        return 2
-    config = cmd[cmd.index("--config") + 1]
-    if not (ROOT / config).is_file():
-        print(f"task {args.task!r}: config {config} does not exist", file=sys.stderr)
-        return 2
     launch_part = cmd[:cmd.index(info.script)]
     while True:
         code, followup = launch(cmd, env)

@@ -1,6 +1,7 @@
 """The run sequence every task shares, written once.
 
-1. flags -> config (schema-checked), process group, logging, seed, ``config.yaml``   (:func:`start_run`)
+1. flags -> config (schema-checked), process group, the stop signals, the folder's run lock (rank 0; leftover
+   temporary files of an interrupted run are removed), logging, the heartbeat, seed, ``config.yaml`` (:func:`start_run`)
 2. the data root (a folder, or a generated synthetic world), the task's one-time data preparation on rank 0, the text
    encoder folder and the tokenizer                                                  (:func:`prepare_inputs`)
 3. the task's data, its model and starting weights; ``--evaluate`` evaluates once, otherwise the engine trains with
@@ -12,13 +13,16 @@ A task kind (retrieval, understanding, pre-training, the demo) fills in the step
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
+import multiprocessing
 import os
 import sys
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -29,14 +33,20 @@ from models.factory import checkpoint_fills_encoders, create_model
 from tasks.cli import HANDOFF_ENV, build_config, task_parser
 from tasks.environment import load_starting_weights, prepare_text_encoder, resolve_data_root
 from tasks.registry import TaskInfo, tasks_of_script
+from utils.atomic import remove_leftover_temp_files
+from utils.checkpoint import BEST, saved_step
 from utils.config import ConfigError, dump_config
-from utils.dist import DistEnv, barrier, cleanup_distributed, init_distributed, world_info_from_env
+from utils.dist import DistEnv, barrier, broadcast_object, cleanup_distributed, init_distributed, world_info_from_env
 from utils.engine import Trainer, seed_everything
-from utils.errors import USER_ERROR_EXIT_CODE, UserError
+from utils.errors import USER_ERROR_EXIT_CODE, ReportedElsewhere, UserError, disk_error
+from utils.heartbeat import Heartbeat
+from utils.interrupt import STOP, RunInterrupted
+from utils.launch import die_with_parent, leave_stop_note
 from utils.logging import append_jsonl, setup_logging
 from utils.precision import autocast_context, resolve_precision
 from utils.remote import output_mirror
 from utils.results import write_results
+from utils.runlock import RunLock
 
 logger = logging.getLogger(__name__)
 
@@ -180,19 +190,37 @@ def evaluate_before_training(model: nn.Module, evaluate: Callable, run: Run) -> 
 
 def write_task_results(run: Run, rows: Mapping, primary: str, title: str, note: str, extra: Mapping,
                        iglue: bool = True, row_name: str = "language") -> dict:
-    """results.json / results.md of the run, with the task's name, checkpoint and protocol flags in ``extra``."""
+    """results.json / results.md of the run, with the task's name, checkpoint and protocol flags in ``extra``, and
+    (training runs) ``best_checkpoint``: the file holding the weights of the best evaluation and their step."""
     config = run.config
     facts = {"task": run.info.name, "checkpoint": config.get("checkpoint"), "fewshot": config.get("fewshot"),
              "translate_test": bool(config.get("gmt")), **extra}
     if read_report():  # per annotation file read: records read and bad ones skipped (docs/data-formats.md)
         facts["read_report"] = read_report()
         logger.info("annotation files read: %s", json.dumps(facts["read_report"]))
+    if run.trainer is not None:
+        facts["best_checkpoint"] = best_checkpoint_fact(run.trainer)
     return write_results(run.output_dir, rows, primary=primary, title=title, note=note, extra=facts, iglue=iglue,
                          row_name=row_name)
 
 
-def start_run(task: str | TaskInfo, argv: Iterable[str] | None, description: str) -> Run:
-    """Parse the flags, resolve the config, start the process group, seed, set up logging, save config.yaml.
+def best_checkpoint_fact(trainer: Trainer) -> dict | None:
+    """``{"file", "step"}`` of the best evaluation's weights, read back from the file (None without a best)."""
+    step = trainer.history.best_step()
+    if step is None:
+        return None
+    path = trainer.output_dir / BEST
+    saved = saved_step(path) if path.is_file() else None
+    if saved != step:  # cannot happen after Trainer.resume's reconciliation; said rather than hidden
+        logger.warning("%s holds step %s, not the best evaluation's step %d", path, saved, step)
+        return {"file": None, "step": step}
+    return {"file": BEST, "step": step}
+
+
+def start_run(task: str | TaskInfo, argv: Iterable[str] | None, description: str, cleanup: ExitStack) -> Run:
+    """Parse the flags, resolve the config, start the process group, handle the stop signals, take the output
+    folder (rank 0), set up logging, start the heartbeat, seed, save config.yaml. What needs undoing at the end of the
+    run (the lock, the heartbeat, the signal handlers) goes on ``cleanup``.
 
     ``task``: the script's file name (its tasks come from the registry) or the task's own ``TaskInfo`` (a benchmark
     not in the registry)."""
@@ -202,13 +230,23 @@ def start_run(task: str | TaskInfo, argv: Iterable[str] | None, description: str
     info = next(t for t in served if t.name == args.task)
     _, _, world_size = world_info_from_env()
     config = build_config(info, args, world_size)
+    run_keys = config.get("run", {})
+    STOP.install(run_keys.get("stop_signals", ()))
+    cleanup.callback(STOP.uninstall)
     # run.py --dist cpu sets CCLM_DEVICE so that a GPU machine still runs the CPU job it was asked for.
     env = init_distributed(os.environ.get("CCLM_DEVICE") or config.get("device") or "auto",
-                           timeout_minutes=int(config.get("run", {}).get("dist_timeout_minutes", 30)))
+                           timeout_minutes=int(run_keys.get("dist_timeout_minutes", 30)))
     output_dir = Path(config["output_dir"])
-    if env.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    takeover, leftovers = take_output_folder(output_dir, env, cleanup)
     setup_logging(output_dir, env.rank)
+    if takeover:
+        logger.warning("%s", takeover)
+    if leftovers:
+        logger.info("removed %d temporary file(s) an interrupted run left: %s", len(leftovers),
+                    ", ".join(str(p.relative_to(output_dir)) for p in leftovers[:10]))
+    heartbeat = Heartbeat(env.rank, env.world_size, float(run_keys.get("heartbeat_timeout_seconds", 0) or 0))
+    heartbeat.start()
+    cleanup.callback(heartbeat.stop)
     seed_everything(int(config["seed"]) + env.rank)
     if env.is_main:
         dump_config(config, output_dir / "config.yaml")
@@ -234,21 +272,54 @@ def prepare_inputs(kind: TaskKind, run: Run) -> None:
     if run.env.is_main:
         kind.prepare(run)
     barrier()
-    run.config["text_encoder"] = prepare_text_encoder(run.config, run.root)
-    run.tokenizer = load_tokenizer(run.config["text_encoder"])
+    if run.config.get("text_encoder"):  # every CCLM task; a task without text (a test's toy) has none
+        run.config["text_encoder"] = prepare_text_encoder(run.config, run.root)
+        run.tokenizer = load_tokenizer(run.config["text_encoder"])
+
+
+def take_output_folder(output_dir: Path, env: DistEnv, cleanup: ExitStack) -> tuple[str | None, list[Path]]:
+    """Rank 0 locks the output folder for this run (``utils.runlock``) and removes the temporary files an interrupted
+    run left there; every rank learns whether the folder was free (a refusal is one line, from rank 0). Returns (the
+    line about a stale lock taken over, the leftovers removed), for the log."""
+    error, takeover, leftovers = None, None, []
+    if env.is_main:
+        lock = RunLock(output_dir)
+        try:
+            lock.acquire()
+            cleanup.callback(lock.release)
+            takeover = lock.describe_takeover()
+            leftovers = remove_leftover_temp_files(output_dir)
+        except UserError as e:
+            error = e
+        except OSError as e:  # the folder cannot be made or written (read-only, full, no permission)
+            error = disk_error(e)
+            if error is None:
+                raise
+    refusal = broadcast_object(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise ReportedElsewhere(refusal)
+    return takeover, leftovers
 
 
 def run_task(kind: TaskKind, task: str | TaskInfo, argv: Iterable[str] | None = None) -> dict:
     """The whole run of a task script (``task``: its file name, or its own ``TaskInfo``); returns the results.json
     payload on rank 0 ({} on the other ranks)."""
-    run = start_run(task, argv, kind.title)
-    # Collates tokenise in loader workers forked after the main process has tokenised (e.g. xGQA's answer list).
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    with started_run(task, argv, kind.title) as run:
+        # Collates tokenise in loader workers forked after the main process has tokenised (e.g. xGQA's answer list).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         prepare_inputs(kind, run)
         return kind.execute(run)
-    finally:
-        cleanup_distributed()
+
+
+@contextmanager
+def started_run(task: str | TaskInfo, argv: Iterable[str] | None, description: str) -> Iterator[Run]:
+    """:func:`start_run` for the length of a ``with`` block; at its end the run lets go of what it held (the output
+    folder's lock, the heartbeat, the signal handlers, the process group), however the block ends."""
+    with ExitStack() as cleanup:
+        cleanup.callback(cleanup_distributed)
+        yield start_run(task, argv, description, cleanup)
 
 
 def request_followup(run: Run, task: str, argv: list[str]) -> None:
@@ -264,15 +335,45 @@ def request_followup(run: Run, task: str, argv: list[str]) -> None:
         logger.info("next: python3 run.py --task %s %s", task, " ".join(argv))
 
 
+def exit_now(code: int) -> None:
+    """End a stopped process without the interpreter's slow teardown (the launcher is waiting for it, within the
+    grace time the scheduler gave): everything the run writes is written, its loader workers and process group are
+    shut down; the logs are flushed here."""
+    gc.collect()  # data-loader iterators still referenced from the unwound frames shut their workers down
+    for child in multiprocessing.active_children():  # e.g. the demo's forked arm, which leaves stopping to us
+        child.terminate()
+        child.join(5)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_script(main: Callable[[list], object]) -> None:
     """A task script's entry point: ``main(sys.argv[1:])``, then exit 0. A user error (a bad config, flag,
-    annotation or data record, a missing file) ends the process with one logged line naming it and exit code 2,
-    instead of a traceback that torchrun would bury under its own."""
+    annotation, data record or checkpoint, a missing file, a full or read-only disk) ends the process with one logged
+    line naming it and exit code 2, instead of a traceback that torchrun would bury under its own. A stop signal ends
+    it with the code ``RunInterrupted`` gives (75 once the checkpoint is saved; see ``utils.errors.EXIT_CODES``)."""
+    die_with_parent()  # under run.py's launcher: no worker outlives it
+    rank = world_info_from_env()[0]
     try:
         main(sys.argv[1:])
+    except RunInterrupted as e:
+        if rank == 0:
+            logger.warning("%s", e.message)
+        leave_stop_note(rank, {"saved": e.checkpoint is not None, "step": e.step, "signal": e.signal_name})
+        exit_now(e.exit_code)
+    except ReportedElsewhere:
+        sys.exit(USER_ERROR_EXIT_CODE)
     except (UserError, FileNotFoundError) as e:
         # every process reads the same config: its errors are said once, by rank 0; data errors by whichever rank
-        if not (isinstance(e, ConfigError) and int(os.environ.get("RANK", "0")) != 0):
+        if not (isinstance(e, ConfigError) and rank != 0):
             logger.error("%s: %s", type(e).__name__, e)
+        sys.exit(USER_ERROR_EXIT_CODE)
+    except OSError as e:
+        user_error = disk_error(e)
+        if user_error is None:
+            raise
+        logger.error("%s: %s", type(user_error).__name__, user_error)
         sys.exit(USER_ERROR_EXIT_CODE)
     sys.exit(0)

@@ -23,10 +23,9 @@ from typing import Any, Sequence
 import cclm
 from cclm.index import ImageIndex, IndexingReport, index_images, scan_images
 from tasks.environment import resolve_data_root, resolve_text_encoder
-from tasks.runner import check_given_files, start_run
+from tasks.runner import check_given_files, started_run
 from tasks.search_pages import write_caption_page, write_query_page
 from utils.config import ConfigError, load_config, set_by_path
-from utils.dist import cleanup_distributed
 from utils.errors import UserError
 from utils.results import write_text_atomically
 
@@ -432,14 +431,11 @@ def main(argv: Sequence[str]) -> dict:
     if argv[0] in COMMANDS:
         _log_to_stderr()
         return execute(config_from_subcommand(argv))
-    run = start_run("Search.py", argv, TITLE)
-    try:
+    with started_run("Search.py", argv, TITLE) as run:
         if run.env.world_size > 1:
             raise ConfigError(f"search runs in one process; it was started with {run.env.world_size} "
                               "(use --dist cpu or --dist gpu0)")
         return execute(run.config)
-    finally:
-        cleanup_distributed()
 
 
 def _log_to_stderr() -> None:

@@ -35,11 +35,9 @@ def join_group(rank: int, world: int, port: int):
     return init_distributed("cpu")
 
 
-def kill_process_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in their own session, so a process
-    group kill would miss them); the descendants are found through /proc before any is killed."""
-    import signal
-
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every live process below it, found through /proc (torchrun starts its workers in sessions of their
+    own, so a process group would miss them)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -54,7 +52,23 @@ def kill_process_tree(pid: int) -> None:
         current = todo.pop()
         tree.append(current)
         todo += children.get(current, [])
-    for member in tree:
+    return tree
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_process_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (all found before any is killed), and reap ``pid``."""
+    import signal
+
+    for member in process_tree(pid):
         try:
             os.kill(member, signal.SIGKILL)
         except ProcessLookupError:

@@ -55,9 +55,12 @@ def test_flags_are_forwarded_and_fewshot_picks_its_config(capsys, tmp_path):
         assert piece in out
 
 
-def test_bad_dist_value():
-    with pytest.raises(SystemExit, match="not one of"):
-        run.main(["--task", "xvnli", "--dist", "gpu", "--dry-run"])
+@pytest.mark.parametrize("dist,says", [("gpu", "'gpu' is not one of"), ("cpu:0", "expected cpu:N with N >= 1"),
+                                       ("cpu:x", "expected cpu:N")])
+def test_a_bad_dist_value_is_one_line_and_exit_code_2(capsys, dist, says):
+    assert run.main(["--task", "xvnli", "--dist", dist, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and err.startswith("run.py: --dist")
 
 
 def test_unknown_task_is_rejected(capsys):
@@ -71,24 +74,35 @@ def test_missing_script_says_so(monkeypatch, capsys):
     assert "Ghost.py does not exist" in capsys.readouterr().err
 
 
-def test_a_failing_worker_passes_its_exit_code_without_a_launcher_traceback(monkeypatch, tmp_path, capfd):
-    script = tmp_path / "fail.py"
-    script.write_text("import os, sys\nsys.exit(3 if os.environ['RANK'] == '1' else 0)\n")
+def register_script(monkeypatch, tmp_path, task: str, source: str) -> None:
+    """Register ``task``: a script of ``source`` with an empty config, for run.py to launch."""
+    script = tmp_path / f"{task}.py"
+    script.write_text(source)
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")
-    monkeypatch.setitem(run.TASKS, "failing", TaskInfo("t", str(script), str(config), "s.yaml", "t"))
-    assert run.main(["--task", "failing", "--dist", "cpu:2"]) == 3
+    monkeypatch.setitem(run.TASKS, task, TaskInfo("t", str(script), str(config), "s.yaml", "t"))
+
+
+def test_a_failing_worker_passes_its_exit_code_without_a_launcher_traceback(monkeypatch, tmp_path, capfd):
+    register_script(monkeypatch, tmp_path, "failing",
+                    "import os, sys\nsys.exit(5 if os.environ['RANK'] == '1' else 0)\n")
+    assert run.main(["--task", "failing", "--dist", "cpu:2"]) == 5
     err = capfd.readouterr().err
-    assert "failed on rank 1 with exit code 3" in err and "Traceback" not in err
+    assert "failed on rank 1 with exit code 5" in err and "Traceback" not in err
 
 
 def test_a_succeeding_worker_exits_zero(monkeypatch, tmp_path):
-    script = tmp_path / "ok.py"
-    script.write_text("import sys\nassert '--config' in sys.argv\n")
-    config = tmp_path / "c.yaml"
-    config.write_text("{}\n")
-    monkeypatch.setitem(run.TASKS, "fine", TaskInfo("t", str(script), str(config), "s.yaml", "t"))
+    register_script(monkeypatch, tmp_path, "fine", "import sys\nassert '--config' in sys.argv\n")
     assert run.main(["--task", "fine", "--dist", "cpu:2"]) == 0
+
+
+def test_a_bad_stop_grace_is_one_line_and_exit_code_2(monkeypatch, tmp_path, capfd):
+    register_script(monkeypatch, tmp_path, "graceless", "raise SystemExit(9)\n")
+    monkeypatch.setenv("CCLM_STOP_GRACE_SECONDS", "soon")
+    assert run.main(["--task", "graceless", "--dist", "cpu"]) == 2
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert err == ["launch: CCLM_STOP_GRACE_SECONDS='soon': expected a whole number of seconds "
+                   "(e.g. CCLM_STOP_GRACE_SECONDS=300)"]
 
 
 def test_gmt_is_forwarded(capsys):

@@ -1,8 +1,15 @@
-"""Training checkpoints: atomic writes, latest/best files, full resume state, safe loading."""
+"""Training checkpoints: atomic writes, latest/best files, full resume state, safe loading.
+
+``checkpoint_latest.pth`` is the run's commit record: it holds the model, the optimiser and the rest of the resume
+state, the evaluation history and the pointer to the best evaluation. ``checkpoint_best.pth`` (the weights of the
+best evaluation) is written after it, from the same state, so a crash between the two leaves a latest file whose
+best evaluation is its own step; :func:`reconcile_best` re-derives the best file from it when the run resumes.
+"""
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -11,42 +18,81 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write
+from utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 LATEST = "checkpoint_latest.pth"
 BEST = "checkpoint_best.pth"
+BEST_KEYS = ("model", "epoch", "step", "config", "best", "evaluations")
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be used: missing, damaged, unsafe, or of the wrong kind; the message names the file
+    and what to do. (Also a RuntimeError, what loading raised before, for callers that catch that.)"""
+
+
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """The checkpoint asked for does not exist."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a crash never leaves half a file,
+    and a failed write (a full disk) removes its temporary file and leaves the previous file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f),
+                        kept=f"{path.name} is as it was before this write (once there is room, --resume latest "
+                             "continues the run)")
 
 
-def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a ``.pth``/``.th``/``.bin`` with ``weights_only=True`` or a ``.safetensors`` file; never arbitrary pickle."""
+def load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
+    """Load a ``.pth``/``.th``/``.bin`` with ``weights_only=True`` or a ``.safetensors`` file; never arbitrary pickle.
+
+    A file that is missing, damaged or unsafe is a :class:`CheckpointError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingCheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as load_safetensors
 
         try:
             return load_safetensors(str(path), device=str(map_location))
         except Exception as e:  # the library's errors name neither the file nor the cause a user can act on
-            raise RuntimeError(f"{path}: cannot be loaded as safetensors (corrupt header or truncated data?): "
-                               f"{type(e).__name__}: {e}") from e
+            raise CheckpointError(f"{path} cannot be loaded as safetensors (corrupt header or truncated data?): "
+                                  f"{type(e).__name__}: {_first_line(e)}; copy it again, or use another "
+                                  "checkpoint") from None
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # a pickle with arbitrary objects, or a damaged file
-        raise RuntimeError(f"{path}: cannot be loaded safely (weights_only=True): {e}") from e
+        raise CheckpointError(unreadable_checkpoint_message(path, e)) from None
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def unreadable_checkpoint_message(path: str | os.PathLike, error: BaseException) -> str:
+    """One line saying why ``path`` cannot be loaded safely and what to do. An unsafe pickle (one that names Python
+    objects other than tensors and plain containers) is refused; loading it anyway could run code from the file, so
+    the message never suggests that."""
+    text = str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    found = _GLOBAL.search(text)
+    if isinstance(error, pickle.UnpicklingError) and found:
+        return (f"{path} is unsafe to load: it holds Python objects other than tensors (it names {found.group(1)}), "
+                "and unpickling them could run code from the file; it is refused. Use a checkpoint of tensors only "
+                "(one this code wrote, a released CCLM checkpoint, or a .safetensors file)")
+    # torch's first line of a weights-only failure is advice about its own option; the telling line comes later
+    telling = next((lines[i + 1] for i, line in enumerate(lines[:-1]) if line.endswith("WeightsUnpickler error:")),
+                   lines[0] if lines else type(error).__name__)
+    first = telling.split(". This is an internal")[0][:160]
+    return (f"{path} cannot be loaded: it is damaged or incomplete ({type(error).__name__}: {first}); it was probably "
+            "cut short by a crash, a full disk or an interrupted copy: copy it again, or use another checkpoint")
 
 
 def rng_state() -> dict:
@@ -123,9 +169,61 @@ def save_training_state(output_dir: str | os.PathLike, state: Mapping, *, is_bes
     if step_file:
         atomic_torch_save(state, out / f"checkpoint_step_{state['step']}.pth")
     if is_best:
-        atomic_torch_save({k: state.get(k) for k in ("model", "epoch", "step", "config", "best", "evaluations")},
-                          out / BEST)
+        atomic_torch_save(best_state(state), out / BEST)
     return latest
+
+
+def best_state(state: Mapping) -> dict:
+    """What ``checkpoint_best.pth`` holds of a training state: the weights, their step and the evaluation history."""
+    return {k: state.get(k) for k in BEST_KEYS}
+
+
+def saved_step(path: str | os.PathLike) -> int | None:
+    """The training step a checkpoint file was saved at (its tensors are not read), None when it has none or cannot be
+    read."""
+    try:
+        state = load_file(path, mmap=True)
+    except CheckpointError:
+        return None
+    step = state.get("step") if isinstance(state, Mapping) else None
+    return int(step) if isinstance(step, int) else None
+
+
+def reconcile_best(output_dir: str | os.PathLike, state: Mapping, want: int | None) -> str | None:
+    """Make ``checkpoint_best.pth`` hold the weights of step ``want``, the best evaluation of the history in the
+    training ``state`` a run resumes from; returns what was done (for the log), None when the file already agreed.
+
+    The best file is written after the latest one, so a crash between them leaves a best evaluation at the latest
+    file's own step: the best file is re-derived from that state. A best file of another step (a resume from an older
+    checkpoint, or an earlier run in the folder) is moved aside, re-derived from ``checkpoint_step_<S>.pth`` when that
+    exists; otherwise the next better evaluation writes it again."""
+    out = Path(output_dir)
+    path = out / BEST
+    have = saved_step(path) if path.is_file() else None
+    if have is not None and have == want:
+        return None
+    source = None
+    if want is not None and want == state.get("step"):
+        source = state
+    elif want is not None and saved_step(out / f"checkpoint_step_{want}.pth") == want:
+        source = load_file(out / f"checkpoint_step_{want}.pth")
+    aside = None
+    if path.is_file() and source is None:
+        aside = out / f"checkpoint_best.step{have if have is not None else 'unknown'}.pth"
+        os.replace(path, aside)
+    if source is not None:
+        atomic_torch_save(best_state(source), path)
+        return (f"{BEST} re-derived for the best evaluation (step {want}): the interrupted run had not written it"
+                + (f" (it held step {have})" if have is not None else ""))
+    if aside is not None:
+        return (f"{BEST} held step {have}, which is not this run's best evaluation "
+                f"({'step ' + str(want) if want is not None else 'none yet'}); moved to {aside.name}"
+                + ("" if want is None else f"; no saved weights of step {want} remain, the next better evaluation "
+                   "writes the file again"))
+    if want is not None:
+        return (f"{BEST} is missing and no saved weights of the best evaluation (step {want}) remain; the next better "
+                "evaluation writes it again")
+    return None
 
 
 def find_resume_file(resume: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
@@ -137,17 +235,19 @@ def find_resume_file(resume: str | os.PathLike, output_dir: str | os.PathLike) -
         if path.is_dir():
             path = path / LATEST
     if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no checkpoint at {path}")
+        raise MissingCheckpointError(f"--resume {resume}: no checkpoint at {path} (to start a new run, leave out "
+                                     "--resume)")
     return path
 
 
 def load_training_state(path: str | os.PathLike) -> dict:
     """Read a resume payload written by :func:`save_training_state`, checking that it is one."""
     state = load_file(path)
-    missing = [k for k in ("model", "optimizer", "epoch", "step", "rng") if k not in state]
+    required = ("model", "optimizer", "epoch", "step", "rng")
+    missing = [k for k in required if not isinstance(state, Mapping) or k not in state]
     if missing:
-        raise KeyError(f"{path}: not a training checkpoint (missing {', '.join(missing)}); "
-                       "to start from model weights use --checkpoint instead of --resume")
+        raise CheckpointError(f"--resume {path}: not a training checkpoint (it has no {', '.join(missing)}); "
+                              "to start from model weights use --checkpoint instead of --resume")
     state["rng"] = _rng_from_saved(state["rng"])
     if state.get("rng_per_rank"):
         state["rng_per_rank"] = [_rng_from_saved(s) for s in state["rng_per_rank"]]

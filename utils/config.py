@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from utils.atomic import atomic_write
 from utils.errors import UserError
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
@@ -261,12 +262,7 @@ def get_by_path(config: Mapping, dotted: str, default: Any = None) -> Any:
 
 def dump_config(config: Mapping, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically) so that a run can be reproduced from its output folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        _yaml().dump(_plain(config), f)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: _yaml().dump(_plain(config), f), binary=False)
 
 
 def _plain(obj: Any) -> Any:

@@ -7,6 +7,8 @@ batches), a ``train_step``.
 A ``train_step(ctx, batch)`` runs forwards inside ``ctx.micro_step()`` and hands the losses to ``ctx.backward``; the
 context does the scaling, accumulation, clipping and optimiser step. The scheduler advances once per loop iteration
 in which at least one optimiser step happened (the original stepped it once per pre-training iteration of two updates).
+A stop signal (``utils.interrupt``) is served at the next step boundary: every rank stops after the same step, the
+checkpoint is saved and the run ends with ``RunInterrupted``.
 """
 from __future__ import annotations
 
@@ -24,8 +26,10 @@ from torch import nn
 
 from utils import checkpoint as ckpt
 from utils import remote
-from utils.dist import DistEnv, all_gather_object, barrier
-from utils.logging import RunningMeans, append_jsonl
+from utils.dist import DistEnv, all_gather_object, broadcast_object
+from utils.errors import ReportedElsewhere, UserError
+from utils.interrupt import STOP, RunInterrupted, StopAgreement
+from utils.logging import RunningMeans, append_jsonl, truncate_jsonl_after_step
 from utils.optim import build_optimizer, build_scheduler, unwrap_model
 from utils.precision import autocast_context, build_grad_scaler, resolve_precision
 from utils.schedule import EvaluationHistory, EvaluationSchedule
@@ -170,6 +174,7 @@ class Trainer:
         self.meters = RunningMeans()
         self.evaluating_epoch: int | None = None
         self.last_train_means: dict = {}
+        self._saved_step: int | None = None   # the step of the last checkpoint this run wrote
         self._ctx = StepContext(self)
         logger.info("precision %s, accumulation %d, clip %s, %d steps (%d per epoch x %d epochs%s)",
                     self.precision, self.accum, self.clip or "off", self.total_steps, self.steps_per_epoch,
@@ -243,25 +248,42 @@ class Trainer:
         # extra_state and the RNG states gather from every rank, so every rank calls save; rank 0 writes.
         extra = self.extra_state() if self.extra_state is not None else None
         rng_per_rank = all_gather_object(ckpt.rng_state())
-        if self.env.is_main:
+
+        def write():
             path = ckpt.save_training_state(self.output_dir, self.checkpoint_state(extra, rng_per_rank),
                                             is_best=is_best, step_file=step_file)
             logger.info("saved %s%s (epoch %d, step %d)", path, " + best" if is_best else "", self.state.epoch,
                         self.state.step)
-            if self.remote is not None:
-                self.remote.sync(step=self.state.step)
-        barrier()
+
+        self._write_on_main(write)
+        self._saved_step = self.state.step
 
     def save_model_snapshot(self, name: str) -> None:
         """Write ``{'model', 'config'}`` to ``output_dir/name`` (rank 0): the original's model-only snapshot files,
         which ``--checkpoint`` loads like a released checkpoint."""
-        if self.env.is_main:
+        def write():
             path = ckpt.atomic_torch_save({"model": self.raw_model.state_dict(), "config": dict(self.config)},
                                           self.output_dir / name)
             logger.info("saved %s", path)
-            if self.remote is not None:
-                self.remote.sync(step=self.state.step)
-        barrier()
+
+        self._write_on_main(write)
+
+    def _write_on_main(self, write: Callable[[], None]) -> None:
+        """Rank 0 writes (and mirrors); every rank waits for it and, when the write failed for a reason the user
+        fixes (a full disk), ends with it: rank 0 reports it, the others exit quietly with the same code."""
+        error = None
+        if self.env.is_main:
+            try:
+                write()
+                if self.remote is not None:
+                    self.remote.sync(step=self.state.step)
+            except UserError as e:
+                error = e
+        failure = broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if failure is not None:
+            raise ReportedElsewhere(failure)
 
     def resume(self, resume: str | os.PathLike) -> None:
         """Restore everything a training checkpoint holds, including the data position and RNG states."""
@@ -272,8 +294,9 @@ class Trainer:
         try:
             self.raw_model.load_state_dict(state["model"], strict=True)
         except RuntimeError as e:
-            raise ValueError(f"--resume {path}: its weights do not fit this {type(self.raw_model).__name__} "
-                             f"(a checkpoint of another task or model size?): {str(e)[:600]}") from e
+            raise ckpt.CheckpointError(
+                f"--resume {path}: its weights do not fit this {type(self.raw_model).__name__} (a checkpoint of "
+                f"another task or model size?): {_first_problem(e)}; resume a run of this task and config") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -301,10 +324,26 @@ class Trainer:
                            self.env.rank, self.env.world_size)
         logger.info("resumed from %s: epoch %d, step %d, %d batches into the epoch", path, self.state.epoch,
                     self.state.step, self.state.batches_in_epoch)
+        if self.env.is_main:
+            self._reconcile_outputs(state)
         if self.state.epoch >= self.epochs or self._done():
             logger.warning("%s is the end of a finished run (epoch %d of %d, step %d): there is nothing left to "
                            "train; give more epochs (--epoch) to continue it", path, self.state.epoch, self.epochs,
                            self.state.step)
+
+    def _reconcile_outputs(self, state: Mapping) -> None:
+        """After a resume (rank 0): the best file agrees with the resumed history; metrics.jsonl keeps each step
+        once (the rows the interrupted run wrote after its checkpoint go)."""
+        best = self.output_dir / ckpt.BEST
+        if self.remote is not None and not best.is_file() and self.remote.complete_marker(ckpt.BEST) is not None:
+            remote.download_atomic(self.remote.fs, self.remote.remote_path(ckpt.BEST), best)
+        note = ckpt.reconcile_best(self.output_dir, state, self.history.best_step())
+        if note:
+            logger.warning("%s", note)
+        dropped = truncate_jsonl_after_step(self.output_dir / "metrics.jsonl", self.state.step)
+        if dropped:
+            logger.info("metrics.jsonl: dropped %d row(s) the interrupted run wrote after step %d", dropped,
+                        self.state.step)
 
     # ---------------------------------------------------------------- evaluation
     def run_evaluation(self) -> dict:
@@ -339,6 +378,28 @@ class Trainer:
             raise ValueError("Trainer.fit needs train_batches")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.raw_model.train()
+        agreement = StopAgreement()
+        with STOP.deferred():
+            try:
+                self._fit_epochs(agreement)
+            finally:
+                agreement.close()
+        if self.evaluate_fn is not None and self.state.step not in self.history.records:
+            # the end of the run was not evaluated (a resumed finished run): evaluate it, as every run's last step is
+            epoch = self.state.epoch - 1 if self.state.batches_in_epoch == 0 else self.state.epoch
+            self.save(is_best=self._evaluate_and_record(epoch))
+        last = self.history.last()
+        return dict(last["metrics"]) if last else {}
+
+    def _stop(self, signal_name: str, epoch: int) -> None:
+        """Serve a stop request at a step boundary: log the steps since the last record, save, end the run."""
+        if self.meters.counts:
+            self._log_step(epoch)
+        if self._saved_step != self.state.step:
+            self.save()
+        raise RunInterrupted(signal_name, self.state.step, str(self.output_dir / ckpt.LATEST))
+
+    def _fit_epochs(self, agreement: StopAgreement) -> None:
         while self.state.epoch < self.epochs and not self._done():
             epoch, skip = self.state.epoch, self.state.batches_in_epoch
             batches = self.train_batches(epoch, skip)
@@ -361,6 +422,9 @@ class Trainer:
                     self.save_model_snapshot(f"model_state_step_{self.state.step - 1}.th")
                 if self.ckpt_every and self.state.step % self.ckpt_every == 0:
                     self.save(step_file=bool(self.config.get("run", {}).get("keep_step_checkpoints")))
+                stop = agreement.poll()
+                if stop:
+                    self._stop(stop, epoch)
             if hasattr(bar, "close"):
                 bar.close()
             if self.meters.counts:
@@ -376,11 +440,10 @@ class Trainer:
                 else:
                     logger.info("epoch %d: no evaluation (%s)", epoch, self.schedule)
             self.save(is_best=is_best)
-        if self.evaluate_fn is not None and self.state.step not in self.history.records:
-            # the end of the run was not evaluated (a resumed finished run): evaluate it, as every run's last step is
-            self._evaluate_and_record(self.state.epoch - 1 if self.state.batches_in_epoch == 0 else self.state.epoch)
-        last = self.history.last()
-        return dict(last["metrics"]) if last else {}
+            if not self._finished():
+                stop = agreement.poll_now()
+                if stop:
+                    self._stop(stop, epoch)
 
     def _finished(self) -> bool:
         return self.state.epoch >= self.epochs or self._done()
@@ -395,6 +458,13 @@ class Trainer:
                                                               **{f"eval/{k}": v for k, v in metrics.items()}})
             logger.info("evaluation after epoch %d: %s", epoch, _fmt(metrics))
         return is_best
+
+
+def _first_problem(error: RuntimeError) -> str:
+    """The first missing / unexpected key or size mismatch of a load_state_dict error, on one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
+    return detail[:300]
 
 
 def _safe_len(obj) -> int | None:

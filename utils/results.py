@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from utils.atomic import write_text_atomically
 from utils.remote import sync_outputs
 
 IGLUE_AVG = "IGLUE avg"
@@ -73,13 +74,6 @@ def results_markdown(per_language: Mapping[str, Mapping[str, float]], primary: s
         excluded = ", ".join(SOURCE_LANGUAGES)
         lines += ["", f"{IGLUE_AVG}: mean over the languages other than {excluded}."]
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file, then rename it over ``path`` (readers never see half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_predictions(path: Path, predictions: Mapping) -> None:

@@ -103,7 +103,7 @@ def test_resume_of_another_model_names_the_file(tmp_path):
     state = torch.load(tmp_path / ckpt.LATEST, weights_only=True)
     state["model"]["extra_head.weight"] = torch.zeros(1)
     ckpt.atomic_torch_save(state, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match=r"(?s)other.pth: its weights do not fit this ToyModel .*extra_head"):
+    with pytest.raises(ckpt.CheckpointError, match=r"other.pth: its weights do not fit this ToyModel .*extra_head"):
         make_trainer(config(epochs=1), tmp_path).resume(tmp_path / "other.pth")
 
 
@@ -117,7 +117,7 @@ def test_resuming_a_finished_run_warns(tmp_path, caplog):
 def test_resume_rejects_plain_weights(tmp_path):
     t = make_trainer(config(epochs=1), tmp_path)
     ckpt.atomic_torch_save({"model": t.raw_model.state_dict()}, tmp_path / "weights.pth")
-    with pytest.raises(KeyError, match="not a training checkpoint"):
+    with pytest.raises(ckpt.CheckpointError, match="not a training checkpoint"):
         t.resume(tmp_path / "weights.pth")
 
 

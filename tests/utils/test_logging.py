@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +56,47 @@ def test_append_jsonl_writes_plain_numbers_and_names_non_finite_values(tmp_path)
     append_jsonl(path, {"step": 2, "loss": math.inf})
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert rows == [{"step": 1, "loss": 0.25}, {"step": 2, "loss": "inf"}]
+
+
+def test_a_resume_keeps_each_step_once_in_the_metrics(tmp_path):
+    from utils.logging import truncate_jsonl_after_step
+
+    path = tmp_path / "metrics.jsonl"
+    for step in (1, 2, 3, 4):
+        append_jsonl(path, {"step": step, "loss": 1.0})
+    append_jsonl(path, {"epoch": 0, "step": 4, "eval/acc": 0.5})
+    with open(path, "a") as f:
+        f.write('{"step": 5, "lo')  # a row cut short by the kill
+    assert truncate_jsonl_after_step(path, 3) == 3  # steps 4 (train and eval rows) and the cut row
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3]
+    assert truncate_jsonl_after_step(path, 3) == 0
+
+
+def test_a_failed_append_leaves_the_metrics_file_as_it_was(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1})
+    before = path.read_bytes()
+    code = ("import resource, sys; from utils.logging import append_jsonl; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 10}, {len(before) + 10}))\n"
+            "try:\n    append_jsonl(sys.argv[1], {'step': 2, 'text': 'x' * 100})\n"
+            "except OSError as e:\n    print(e.errno)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    assert out == "27"  # EFBIG: the file-size limit
+    assert path.read_bytes() == before
+
+
+def test_each_start_of_a_run_is_marked_in_its_log(tmp_path):
+    import logging
+
+    from utils.logging import START_MARKER, setup_logging
+
+    for _ in range(2):
+        setup_logging(tmp_path, 0)
+        logging.getLogger("x").info("a line")
+    setup_logging(None, 0)
+    text = (tmp_path / "log.txt").read_text()
+    assert text.count(START_MARKER) == 2 and text.index(START_MARKER) == 0 and "pid" in text
