@@ -286,15 +286,16 @@ class RecordReader:
         except AnnotationError as error:
             self.tally.reject(error)
 
-    def jsonl(self, with_offsets: bool = False) -> Iterator[tuple]:
-        """``(at, record)`` (or ``(at, byte offset, record)``) per JSON-object line; other lines are bad records."""
+    def jsonl(self, with_offsets: bool = False, required: Iterable[str] = ()) -> Iterator[tuple]:
+        """``(at, record)`` (or ``(at, byte offset, record)``) per JSON-object line holding every ``required`` key;
+        other lines are bad records."""
         for line_no, offset, raw in jsonl_lines(self.path):
             at = where(self.path, line_no)
             try:
                 record = parse_jsonl_record(raw, at)
+                require(record, required, at)
             except AnnotationError as error:
-                self.tally.read += 1
-                self.tally.reject(error)
+                self._reject(error)
                 continue
             yield (at, offset, record) if with_offsets else (at, record)
 
@@ -304,26 +305,31 @@ class RecordReader:
         records = read_json_records(self.path, under)
         return records.form, self._usable(records)
 
-    def json_objects(self) -> Iterator[tuple[str, dict]]:
-        """``(at, object)`` per item of a JSON document whose top level is a list; an item that is not an object is
-        a bad record, a top level that is not a list an error."""
+    def json_objects(self, required: Iterable[str] = ()) -> Iterator[tuple[str, dict]]:
+        """``(at, object)`` per item of a JSON document whose top level is a list; an item that is not an object or
+        lacks a ``required`` key is a bad record, a top level that is not a list an error."""
         records = read_json_records(self.path)
         if records.form != "list":
             raise AnnotationError(f"{where(self.path, records.line)}: expected a JSON list of objects, got an object")
         for at, _, value in self._usable(records):
-            if isinstance(value, dict):
-                yield at, value
-            else:
-                self.tally.read += 1
-                self.tally.reject(AnnotationError(f"{at}: expected a JSON object, got {_kind(value)}"))
+            try:
+                require(json_object(value, at), required, at)
+            except AnnotationError as error:
+                self._reject(error)
+                continue
+            yield at, value
+
+    def _reject(self, error: AnnotationError) -> None:
+        """A record found bad before the caller builds it: count it as read, then raise or skip it."""
+        self.tally.read += 1
+        self.tally.reject(error)
 
     def _usable(self, records: JsonRecords) -> Iterator[tuple[str, Any, Any]]:
         for item in records.items:
             at = where(self.path, item.line)
             if item.error or item.duplicate_of:
-                self.tally.read += 1
                 line, message = item.error or (item.line, f"duplicate key {item.key!r} (first at line "
                                                           f"{item.duplicate_of})")
-                self.tally.reject(AnnotationError(f"{where(self.path, line)}: {message}"))
+                self._reject(AnnotationError(f"{where(self.path, line)}: {message}"))
                 continue
             yield at, item.key, item.value

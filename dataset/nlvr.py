@@ -114,9 +114,8 @@ def read_nlvr2_jsonl(path: PathLike, image_root: PathLike, max_words: int = 30) 
     """NLVR2 jsonl as distributed (``identifier``, ``sentence``, string ``label``; train lines add ``directory``)."""
     examples, root = [], ImageRoot(image_root)
     with RecordReader(path) as reader:
-        for at, record in reader.jsonl():
+        for at, record in reader.jsonl(required=("identifier", "sentence", "label")):
             with reader.record(at):
-                require(record, ("identifier", "sentence", "label"), at)
                 directory = record.get("directory")
                 if directory is not None:
                     directory = file_name_field(directory, at, "directory")

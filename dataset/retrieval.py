@@ -52,10 +52,11 @@ from urllib.parse import unquote, urlparse
 import torch
 from torch.utils.data import Dataset
 
-from dataset.checked import (AnnotationError, ImageRoot, RecordReader, record_key, require, string_field,
+from dataset.checked import (AnnotationError, ImageRoot, RecordReader, record_key, string_field,
                              string_list)
 from dataset.images import load_image
 from dataset.text import pre_caption
+from dataset.wit import WIT_KEYS
 
 PathLike = str | os.PathLike
 FORMATS = ("caption_json", "xflickrco", "wit")
@@ -138,9 +139,8 @@ def read_caption_json_train(path: PathLike, image_root: PathLike, max_words: int
     """Multi30K/COCO training json: one entry per caption."""
     pairs, root = [], ImageRoot(image_root)
     with RecordReader(path) as reader:
-        for at, entry in reader.json_objects():
+        for at, entry in reader.json_objects(required=("caption", "image", "image_id")):
             with reader.record(at):
-                require(entry, ("caption", "image", "image_id"), at)
                 image = ImageRef(root.resolve(entry["image"], at, reader.skipping), at)
                 key = record_key(entry["image_id"], at)
                 captions = [clean_caption(c, max_words, at) for c in _train_captions(entry["caption"], at)]
@@ -152,9 +152,8 @@ def read_caption_json_eval(path: PathLike, image_root: PathLike, max_words: int 
     """Multi30K/COCO val/test json: one entry per image with its caption list."""
     data, root = RetrievalEvalData(), ImageRoot(image_root)
     with RecordReader(path) as reader:
-        for at, entry in reader.json_objects():
+        for at, entry in reader.json_objects(required=("caption", "image")):
             with reader.record(at):
-                require(entry, ("caption", "image"), at)
                 captions = [clean_caption(c, max_words, at) for c in string_list(entry, "caption", at)]
                 data.add_image(ImageRef(root.resolve(entry["image"], at, reader.skipping), at), captions)
     return data
@@ -181,9 +180,8 @@ def read_flickrco_train(path: PathLike, flickr_root: PathLike, coco_root: PathLi
     """xFlickr&CO / Flickr30K jsonl for training: one pair per sentence; the image key is the record's ``id``."""
     pairs, roots = [], _flickrco_roots(flickr_root, coco_root)
     with RecordReader(path) as reader:
-        for at, record in reader.jsonl():
+        for at, record in reader.jsonl(required=("sentences", "id", "img_path")):
             with reader.record(at):
-                require(record, ("sentences", "id", "img_path"), at)
                 image = ImageRef(flickrco_image_path(string_field(record, "img_path", at), *roots, at,
                                                      reader.skipping), at)
                 key = record_key(record["id"], at)
@@ -197,9 +195,8 @@ def read_flickrco_eval(path: PathLike, flickr_root: PathLike, coco_root: PathLik
     """xFlickr&CO / Flickr30K jsonl for evaluation: one image per line; lines whose sentences are all empty are skipped."""
     data, roots = RetrievalEvalData(), _flickrco_roots(flickr_root, coco_root)
     with RecordReader(path) as reader:
-        for at, record in reader.jsonl():
+        for at, record in reader.jsonl(required=("sentences", "id", "img_path")):
             with reader.record(at):
-                require(record, ("sentences", "id", "img_path"), at)
                 record_key(record["id"], at)
                 sentences = record["sentences"]
                 if not isinstance(sentences, list) or not all(s is None or isinstance(s, str) for s in sentences):
@@ -241,9 +238,8 @@ def _wit_records(path: PathLike, image_root: PathLike | None) -> list[tuple[str,
     """``(at, ImageRef, image_url, caption)`` per WIT line (a null caption is empty)."""
     records, root = [], None if image_root is None else ImageRoot(image_root)
     with RecordReader(path) as reader:
-        for at, offset, record in reader.jsonl(with_offsets=True):
+        for at, offset, record in reader.jsonl(with_offsets=True, required=WIT_KEYS):
             with reader.record(at):
-                require(record, ("image_url", "caption_reference_description"), at)
                 caption = record["caption_reference_description"]
                 if caption is None:  # pandas exports write a missing caption as null: an empty caption, dropped
                     caption = ""

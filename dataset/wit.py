@@ -16,9 +16,11 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from dataset.checked import (PathLike, RecordReader, jsonl_lines, open_text, parse_jsonl_record, require,
+from dataset.checked import (PathLike, RecordReader, jsonl_lines, open_text, parse_jsonl_record,
                              string_field, where)
 from utils.config import ConfigError
+
+WIT_KEYS = ("image_url", "caption_reference_description")  # every WIT line has these (a null caption is empty)
 
 logger = logging.getLogger(__name__)
 
@@ -137,9 +139,8 @@ def _usable_lines(path: Path, wanted: set) -> set[int]:
     out); their image URLs are added to ``wanted``."""
     offsets = set()
     with RecordReader(path) as reader:
-        for at, offset, record in reader.jsonl(with_offsets=True):
+        for at, offset, record in reader.jsonl(with_offsets=True, required=WIT_KEYS):
             with reader.record(at):
-                require(record, ("image_url", "caption_reference_description"), at)
                 wanted.add(string_field(record, "image_url", at))
                 offsets.add(offset)
     return offsets

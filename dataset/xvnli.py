@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from dataset.checked import AnnotationError, ImageRoot, RecordReader, file_name_field, require, string_field
+from dataset.checked import AnnotationError, ImageRoot, RecordReader, file_name_field, string_field
 from dataset.examples import ExampleDataset
 from dataset.images import load_image
 from dataset.text import pre_caption
@@ -49,9 +49,8 @@ def read_xvnli(path: PathLike, image_root: PathLike, max_words: int = 80) -> tup
     """``(examples, dropped)``: the usable lines of an XVNLI jsonl file and the number of lines without a gold label."""
     examples, dropped, root = [], 0, ImageRoot(image_root)
     with RecordReader(path) as reader:
-        for at, record in reader.jsonl():
+        for at, record in reader.jsonl(required=("gold_label", "sentence2", IMAGE_KEY)):
             with reader.record(at):
-                require(record, ("gold_label", "sentence2", IMAGE_KEY), at)
                 label = string_field(record, "gold_label", at)
                 if label.strip() in NO_CONSENSUS:
                     dropped += 1
