@@ -31,6 +31,12 @@ from utils.launch import FORWARDED_SIGNALS, OWNER_ENV
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_GPUS_PER_NODE = 8
+# Idle OpenMP threads of every worker spin 10,000 rounds before they sleep, unless the user sets OMP_WAIT_POLICY or
+# GOMP_SPINCOUNT (torch's CPU wheels use GNU libgomp). libgomp's default, 300,000 rounds, stalls every parallel op
+# whenever another process (a DataLoader worker, a second run) holds a core: beside a busy process a tiny training
+# run took 102.7 s instead of 17.1 s; 10,000 rounds: 34.0 s, and no slower on an idle machine. Sleeping at once
+# (OMP_WAIT_POLICY=PASSIVE: 19.8 s beside the busy process) cost ~20% on an idle one (bench/RESULTS.md section 11).
+OPENMP_WAIT = {"GOMP_SPINCOUNT": "10000"}
 DIST_FORMS = "1 (all GPUs of this node) | all (multi-node) | gpuN | f4 | l4 | cpu | cpu:N"
 
 
@@ -153,6 +159,8 @@ def build_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     launch, env = launcher_args(args)
     if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = threads_per_process(launch)
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        env.update(OPENMP_WAIT)
     return [sys.executable, "-m", "utils.launch", *launch, info.script, *script_args(args, info)], env
 
 

@@ -105,6 +105,16 @@ def test_a_bad_stop_grace_is_one_line_and_exit_code_2(monkeypatch, tmp_path, cap
                    "(e.g. CCLM_STOP_GRACE_SECONDS=300)"]
 
 
+@pytest.mark.parametrize("user_env", ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"])
+def test_workers_spin_briefly_before_sleeping_unless_the_user_chose(capsys, monkeypatch, user_env):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert "GOMP_SPINCOUNT=10000" in dry(capsys, "--task", "xvnli", "--dist", "cpu")
+    monkeypatch.setenv(user_env, "PASSIVE" if user_env == "OMP_WAIT_POLICY" else "300000")
+    out = dry(capsys, "--task", "xvnli", "--dist", "cpu")
+    assert "GOMP_SPINCOUNT" not in out and "OMP_WAIT_POLICY" not in out  # the user's setting is inherited as it is
+
+
 def test_gmt_is_forwarded(capsys):
     out = dry(capsys, "--task", "xflickrco", "--dist", "cpu", "--gmt", "--evaluate")
     assert "--gmt" in out and "--config configs/xflickrco/xflickrco.yaml" in out

@@ -149,6 +149,18 @@ def test_data_sources_runs_on_a_local_s3_server(tmp_path, local_s3):
     assert all(row["images_per_s"] > 0 for row in result["rows"]) and result["rows"][0]["x_vs_jsonl"] == 1
 
 
+@pytest.mark.slow  # four tiny run.py commands (about a minute)
+def test_omp_wait_policy_bench_times_every_variant(tmp_path, capsys):
+    out = tmp_path / "omp.json"
+    assert load("omp_wait_policy").main(["--rounds", "1", "--loads", "none", "--workloads", "evaluate",
+                                         "--json", str(out)]) == 0
+    rows = __import__("json").loads(out.read_text())["rows"]
+    assert [(r["workload"], r["load"]) for r in rows] == [("evaluate", "none")]
+    assert [s["n"] for s in rows[0]["seconds"].values()] == [1, 1, 1]
+    assert set(rows[0]["x_vs_default"]) == {"spin 10k", "PASSIVE"} and min(rows[0]["x_vs_default"].values()) > 0
+    assert "PASSIVE x" in capsys.readouterr().out
+
+
 def test_retrieval_bench_compares_with_the_reference_algorithm(tmp_path, capsys):
     """The retrieval bench on a tiny task model: every path's ranks match the reference algorithm's (exit 0)."""
     import json
