@@ -121,6 +121,18 @@ def s3_bucket(local_s3, request):
 
 
 @pytest.fixture(autouse=True)
+def torch_threads():
+    """Every test ends with the process's torch thread count as it began: bench scripts run in-process set their own
+    (bench/data_sources.py: 1), and a later test comparing an in-process run with a subprocess would then compare
+    float sums reduced over different thread counts."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
 def default_read_policy():
     """Every test ends with the default policy for bad annotation records (a process-wide setting) and an empty
     read report."""
